@@ -158,3 +158,50 @@ def measure(names, model, net, ctx, history):
     for name in names:
         run.values[name] = float(METRICS[name].fn(run))
     return run.values
+
+# -- the sweep's target metrics (named layers of `benchmarks.sweep.sweep_cnn`; more live in the sweep group files) --
+
+
+def _hidden(r):
+    from benchmarks.sweep import hidden_kernel
+
+    return hidden_kernel(r.net).astype("float64")
+
+
+def _conv_matrices(r):
+    """Each conv kernel reshaped to (k*k*C_in, C_out), the matrix its filters are the columns of."""
+    return [np.asarray(core.kernel, "float64").reshape(-1, core.kernel.shape[-1])
+            for _, core in common.conv_layers(r.net)]
+
+
+def _gram_error(w):
+    return float(np.linalg.norm(w.T @ w - np.eye(w.shape[1])))
+
+
+def _small_fraction(w, rel=0.01):
+    return float(np.mean(np.abs(w) < rel * np.abs(w).max()))
+
+
+def _dead_columns(w, rel=0.01):
+    norms = np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0)
+    return float(np.mean(norms < rel * norms.max()))
+
+
+metric("hidden_spectral_norm", "largest singular value of the hidden Dense kernel", higher=False)(
+    lambda r: float(np.linalg.norm(_hidden(r), 2)))
+metric("hidden_gram_error", "||W^T W - I||_F of the hidden Dense kernel W (inputs x units): 0 when its columns are "
+       "orthonormal", higher=False)(lambda r: _gram_error(_hidden(r)))
+metric("conv_gram_error", "mean over the conv layers of ||W^T W - I||_F, W the kernel reshaped to "
+       "(k*k*C_in, C_out)", higher=False)(lambda r: float(np.mean([_gram_error(w) for w in _conv_matrices(r)])))
+metric("hidden_small_fraction", "fraction of the hidden kernel's entries below 1% of its largest magnitude",
+       pct=True)(lambda r: _small_fraction(_hidden(r)))
+metric("hidden_dead_units", "fraction of hidden units whose kernel column norm is below 1% of the largest",
+       pct=True)(lambda r: _dead_columns(_hidden(r)))
+metric("conv_dead_filters", "fraction of conv filters (over both conv layers) whose norm is below 1% of their "
+       "layer's largest", pct=True)(lambda r: float(np.mean(np.concatenate([
+           np.linalg.norm(w, axis=0) < 0.01 * np.linalg.norm(w, axis=0).max() for w in _conv_matrices(r)]))))
+@metric("hidden_rank_99", "number of singular values of the hidden kernel that hold 99% of its energy "
+        "(sum of sigma^2)", higher=False)
+def _rank_99(r):
+    energy = np.sort(np.linalg.svd(_hidden(r), compute_uv=False))[::-1] ** 2
+    return float(np.searchsorted(np.cumsum(energy) / energy.sum(), 0.99) + 1)

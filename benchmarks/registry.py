@@ -1039,3 +1039,11 @@ spec(
          "models. The validation curve of the WiSE-FT arms is the fine-tuning curve; the interpolation happens at "
          "the end of training.",
 )
+
+
+# -- the sweep groups: every other catalogued technique in its slot of one standard network (benchmarks/sweep.py) --
+
+SWEEP_MODULES = ("sweep_regularizers", "sweep_constraints", "sweep_initializers", "sweep_layers", "sweep_losses",
+                 "sweep_train_steps", "sweep_callbacks", "sweep_optimizers")
+for _module in SWEEP_MODULES:  # each registers its group(s) on import
+    importlib.import_module(f"benchmarks.{_module}")

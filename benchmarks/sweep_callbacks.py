@@ -1,0 +1,1 @@
+"""Sweep group(s): callbacks (see benchmarks/sweep.py)."""

@@ -1,0 +1,1 @@
+"""Sweep group(s): initializers (see benchmarks/sweep.py)."""

@@ -1,0 +1,1 @@
+"""Sweep group(s): layers (see benchmarks/sweep.py)."""

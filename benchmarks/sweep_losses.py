@@ -1,0 +1,1 @@
+"""Sweep group(s): losses (see benchmarks/sweep.py)."""

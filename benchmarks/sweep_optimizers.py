@@ -1,0 +1,1 @@
+"""Sweep group(s): optimizers (see benchmarks/sweep.py)."""

@@ -1,0 +1,1 @@
+"""Sweep group(s): regularizers (see benchmarks/sweep.py)."""

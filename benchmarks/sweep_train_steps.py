@@ -1,0 +1,1 @@
+"""Sweep group(s): train_steps (see benchmarks/sweep.py)."""
