@@ -85,6 +85,7 @@ class Arm:
     validate: bool = True  # validation on the test set during fit (the test-accuracy curve)
     requires: tuple = ()
     peer: str = ""  # non-empty for a peer implementation (another library): its origin
+    technique: str = ""  # the catalogue row a sweep arm stands for (benchmarks/sweep.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Experiment:
     cost_arms: tuple = ()  # (baseline, technique, ...) arms timed in the cost table
     quick_settings: int = 1  # how many settings --quick runs
     note: str = ""  # how the hyper-parameters were chosen, what differs from the paper
+    sweep: bool = False  # a sweep group (benchmarks/sweep.py): reported in its own table
 
     def arm(self, name):
         return next(a for a in self.arms if a.name == name)

@@ -50,9 +50,17 @@ def _verdict(c):
 # -- evidence -------------------------------------------------------------------------------------------------
 
 
-def verdict_counts(evidence):
+def is_sweep(exp):
+    """A sweep group (benchmarks/sweep.py) rather than a dedicated experiment."""
+    return bool(exp.get("sweep"))
+
+
+def verdict_counts(evidence, sweep=None):
+    """Verdict counts over the experiments (only the sweep groups, or only the others, when `sweep` is given)."""
     counts = {"holds": 0, "not significant": 0, "does not hold": 0}
     for exp in evidence.get("experiments", []):
+        if sweep is not None and is_sweep(exp) != sweep:
+            continue
         for c in exp.get("claims", []):
             key = next((k for k in counts if c["verdict"].startswith(k)), None)
             if key:
@@ -61,8 +69,11 @@ def verdict_counts(evidence):
 
 
 def evidence_table(evidence):
+    """The dedicated experiments' claims."""
     rows = []
     for exp in evidence["experiments"]:
+        if is_sweep(exp):
+            continue
         if exp.get("skipped"):
             rows.append([", ".join(exp["techniques"]), exp["claim"], "—", "—", "—", "—", f"skipped: {exp['skipped']}"])
             continue
@@ -74,6 +85,38 @@ def evidence_table(evidence):
                 _verdict(c)])
     return table(["technique (experiment)", "claim", "setting", "metric", "baseline (mean ± std)",
                   "technique (mean ± std)", "verdict"], rows)
+
+
+def sweep_table(evidence):
+    """The sweep groups' claims, one block of rows per technique (its accuracy claim, then its target claims)."""
+    rows = []
+    for exp in evidence["experiments"]:
+        if not is_sweep(exp):
+            continue
+        if exp.get("skipped"):
+            rows.append([", ".join(exp["techniques"]), "—", exp["claim"], "—", "—", "—", f"skipped: {exp['skipped']}"])
+            continue
+        techniques = exp.get("arm_techniques", {})
+        for c in exp["claims"]:
+            arm = c["technique_arm"]
+            rows.append([f"{techniques.get(arm, arm)} (`{exp['key']}`)", arm, c["claim"], c["metric"],
+                         _fmt(c["metric"], c["baseline"]), _fmt(c["metric"], c["technique"]), _verdict(c)])
+        for name, why in exp.get("skipped_arms", {}).items():
+            rows.append([f"{techniques.get(name, name)} (`{exp['key']}`)", name, "—", "—", "—", "—",
+                         f"arm not run: {why}"])
+    return table(["technique (group)", "arm", "claim", "metric", "plain (mean ± std)", "technique (mean ± std)",
+                  "verdict"], rows)
+
+
+def sweep_setting(evidence):
+    """One line on the sweep groups' common setting (from the first group), or None without sweep groups."""
+    exp = next((e for e in evidence.get("experiments", []) if is_sweep(e) and not e.get("skipped")), None)
+    if exp is None:
+        return None
+    label = exp["settings"][0]["label"] if exp["settings"] else "?"
+    return (f"{label}, {exp['model']}, {exp.get('optimizer', '')}, batch {exp['batch_size']}, {exp['epochs']} "
+            f"epochs, seeds {exp['seeds']} (a group may override the network or data for techniques that need "
+            "another setting: see its note under *Details per experiment*)")
 
 
 def detail_tables(evidence):
@@ -262,6 +305,40 @@ def plot_lorth(evidence, path):
     return _save(fig, plt, path)
 
 
+def plot_sweep(evidence, path):
+    """Test-accuracy difference to the plain arm (mean, with the technique's std) of every sweep arm; the grey band
+    is the plain arm's std; red bars failed the "keeps the accuracy" claim."""
+    plt = _plt()
+    bars = []
+    for exp in evidence.get("experiments", []):
+        if not is_sweep(exp) or exp.get("skipped") or not exp["settings"]:
+            continue
+        arms = exp["settings"][0]["arms"]
+        plain = arms.get("plain", {}).get("metrics", {}).get("test_acc", {})
+        failed = {c["technique_arm"] for c in exp["claims"] if c["metric"] == "test_acc" and
+                  c["verdict"].startswith("does not hold")}
+        for name, arm in arms.items():
+            t = arm["metrics"].get("test_acc", {})
+            if name == "plain" or t.get("mean") is None or plain.get("mean") is None:
+                continue
+            bars.append((f"{exp['key'][6:]}: {name}"[:52], 100 * (t["mean"] - plain["mean"]), 100 * t["std"],
+                         100 * plain["std"], name in failed))
+    if plt is None or not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.18 * len(bars) + 1.2))
+    ax.barh(range(len(bars)), [b[1] for b in bars], xerr=[b[2] for b in bars], capsize=1.5,
+            color=["tab:red" if b[4] else "tab:blue" for b in bars])
+    band = max(b[3] for b in bars)
+    ax.axvspan(-band, band, color="0.85", zorder=0)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([b[0] for b in bars], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy - plain test accuracy (points; mean ± std over seeds; grey: plain std)", fontsize=7)
+    ax.set_title("sweep: every technique in its slot of the same small CNN", fontsize=8)
+    return _save(fig, plt, path)
+
+
 def plot_overhead(cost, steps, path):
     """Step-time ratios: every training-step technique (train_steps.json) and the experiments' cost arms."""
     plt = _plt()
@@ -271,10 +348,12 @@ def plot_overhead(cost, steps, path):
         panels.append(("training-step techniques vs their plain step (no jit)",
                        [(n, a["ratio_median"], a["ratio_min"], a["ratio_max"]) for n, a in res.items()
                         if not n.startswith("_") and not n.startswith("plain")]))
-    bars = [(f"{k}: {n}"[:44], a["ratio_to_baseline"], None, None) for k, e in cost.get("experiments", {}).items()
-            if not e.get("skipped") for n, a in list(e["arms"].items())[1:]]
-    if bars:
-        panels.append(("experiment arms vs the experiment's baseline", bars))
+    for title, sweep in (("experiment arms vs the experiment's baseline", False),
+                         ("sweep arms vs the plain sweep network", True)):
+        bars = [(f"{k}: {n}"[:44], a["ratio_to_baseline"], None, None) for k, e in cost.get("experiments", {}).items()
+                if not e.get("skipped") and bool(e.get("sweep")) == sweep for n, a in list(e["arms"].items())[1:]]
+        if bars:
+            panels.append((title, bars))
     if plt is None or not panels:
         return None
     height = sum(0.28 * len(b) + 0.9 for _, b in panels)
@@ -291,7 +370,7 @@ def plot_overhead(cost, steps, path):
         ax.axvline(1.0, color="k", lw=0.8)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel("step time / baseline step time (median of interleaved rounds; under load)", fontsize=7)
+        ax.set_xlabel("step time / baseline step time (median of interleaved rounds)", fontsize=7)
     return _save(fig, plt, path)
 
 
@@ -328,6 +407,7 @@ def write_report(out_dir, command):
         "noise": plot_noise(evidence, join("bench_noise.png")) if evidence else None,
         "lorth": plot_lorth(evidence, join("bench_lorth_tradeoff.png")) if evidence else None,
         "overhead": plot_overhead(cost, steps, join("bench_overhead.png")) if (cost or steps) else None,
+        "sweep": plot_sweep(evidence, join("bench_sweep.png")) if evidence else None,
     }
     m = evidence.get("machine") or cost.get("machine") or {}
     counts = verdict_counts(evidence) if evidence else {}
@@ -352,16 +432,31 @@ def write_report(out_dir, command):
           "most t below the baseline's. This is small-scale evidence (small networks, data subsets, few epochs), not "
           "a reproduction of the papers' tables: *does not hold* means *not at this scale and budget*.", ""]
     if counts:
-        md += [f"Summary: {sum(counts.values())} claims over {len(evidence['experiments'])} experiments - "
-               f"{counts['holds']} hold, {counts['not significant']} not significant, {counts['does not hold']} do "
-               "not hold.", ""]
-    md += ["## Evidence", "", evidence_table(evidence) if evidence else "not run", ""]
+        dedicated, sweep = verdict_counts(evidence, sweep=False), verdict_counts(evidence, sweep=True)
+        n_sweep = sum(is_sweep(e) for e in evidence["experiments"])
+        md += [f"Summary: {sum(counts.values())} claims - dedicated experiments: {sum(dedicated.values())} claims over "
+               f"{len(evidence['experiments']) - n_sweep} experiments, {dedicated['holds']} hold, "
+               f"{dedicated['not significant']} not significant, {dedicated['does not hold']} do not hold; sweep: "
+               f"{sum(sweep.values())} claims over {n_sweep} groups, {sweep['holds']} hold, {sweep['not significant']} "
+               f"not significant, {sweep['does not hold']} do not hold.", ""]
+    md += ["## Evidence", "", "### Dedicated experiments (each paper's headline claim, in a setting built for it)", "",
+           evidence_table(evidence) if evidence else "not run", ""]
     if plots["noise"]:
         md += ["![accuracy against label-noise rate](bench_noise.png)", ""]
     if plots["curves"]:
         md += ["![test-accuracy curves](bench_curves.png)", ""]
     if plots["lorth"]:
         md += ["![Lorth trade-off](bench_lorth_tradeoff.png)", ""]
+    if sweep_setting(evidence):
+        md += ["### Sweep: every other technique in its slot of one small network (`benchmarks/sweep.py`)", "",
+               "Each technique is placed where its paper puts it (a kernel regularizer or constraint on a layer, a "
+               "layer in the network, the loss, a training-step technique, a callback, an optimizer, an initializer) "
+               "and trained against the same network without it. Every technique is claimed to keep the plain "
+               "network's test accuracy (the trade-off rule), and, where it has one, to move the quantity it acts "
+               "on. This checks that each technique works and what it costs at one small scale; it is not the "
+               f"paper's experiment. Setting: {sweep_setting(evidence)}.", "", sweep_table(evidence), ""]
+    if plots["sweep"]:
+        md += ["![sweep accuracy differences](bench_sweep.png)", ""]
     if evidence.get("note"):
         md += [f"Note on this run: {evidence['note']}", ""]
     md += ["## Cost", ""]

@@ -134,6 +134,7 @@ def run_experiment(exp, opts):
     result = {"key": exp.key, "techniques": list(exp.techniques), "claim": exp.claim,
               "paper_setting": exp.paper_setting, "epochs": opts.epochs(exp), "batch_size": exp.batch_size,
               "seeds": list(range(opts.seeds)), "model": exp.net_desc, "optimizer": exp.opt_desc, "note": exp.note,
+              "sweep": exp.sweep, "arm_techniques": {a.name: a.technique for a in exp.arms if a.technique},
               "metric_doc": {m: metrics_lib.METRICS[m].doc for m in exp.metrics}, "settings": [], "claims": [],
               "skipped_arms": {}, "arm_overrides": {
                   a.name: {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size)) if v is not None}
@@ -217,7 +218,7 @@ def time_arms(exp, arm_names, opts, repeats=5, steps=20):
             per_step[name].append((time.perf_counter() - t0) / steps)
     load_end = common.load_average()
     base = arm_names[0]
-    out = {"setting": setting.label(), "batch_size": exp.batch_size, "steps_per_repeat": steps,
+    out = {"setting": setting.label(), "sweep": exp.sweep, "batch_size": exp.batch_size, "steps_per_repeat": steps,
            "repeats": repeats, "load_1min_start": load_start, "load_1min_end": load_end, "arms": {},
            "skipped_arms": skipped}
     for name, times in per_step.items():
@@ -230,6 +231,16 @@ def time_arms(exp, arm_names, opts, repeats=5, steps=20):
             "peer": exp.arm(name).peer,
         }
     return out
+
+
+def memory_probes(exp_key, arm_names, opts, steps=20, workers=2):
+    """`memory_probe` of each arm, `workers` fresh processes at a time (RSS is per process, so concurrent probes do
+    not disturb each other; run them outside the timing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda name: memory_probe(exp_key, name, opts, steps), arm_names)
+        return dict(zip(arm_names, results))
 
 
 def memory_probe(exp_key, arm_name, opts, steps=20):
@@ -303,5 +314,7 @@ def reevaluate_claims(evidence):
             continue
         settings = [common.Setting(**s["setting"]) for s in exp["settings"]]
         exp["note"] = spec.note  # the spec's text is the source of the notes
+        exp["sweep"] = spec.sweep
+        exp["arm_techniques"] = {a.name: a.technique for a in spec.arms if a.technique}
         exp["claims"] = [row for claim in spec.claims for row in evaluate_claim(claim, exp["settings"], settings)]
     return evidence

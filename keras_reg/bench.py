@@ -233,8 +233,7 @@ def _run(args, common, registry, report, runner, out, results, command):
             log(f"[{exp.key}] timing {exp.cost_arms} (load {common.load_average()})")
             entry = runner.time_arms(exp, exp.cost_arms, opts, repeats=args.cost_repeats, steps=args.cost_steps)
             if args.memory:
-                entry["memory"] = {name: runner.memory_probe(exp.key, name, opts, steps=args.cost_steps)
-                                   for name in entry["arms"]}
+                entry["memory"] = runner.memory_probes(exp.key, list(entry["arms"]), opts, steps=args.cost_steps)
             cost["experiments"][exp.key] = entry
             cost["finished"], cost["load_1min_end"] = _now(), common.load_average()
             (results / "cost.json").write_text(json.dumps(cost, indent=1))

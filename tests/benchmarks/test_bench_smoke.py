@@ -62,6 +62,38 @@ def test_every_spec_is_consistent(harness):
         assert required in covered, required
 
 
+def test_every_implemented_technique_has_an_experiment_or_a_reason(harness):
+    """A dedicated experiment or a sweep entry for every implemented row; the rows the sweep cannot place are
+    listed in `benchmarks.sweep.NOT_PLACED` with the reason, and only those."""
+    common, registry, report, runner = harness
+    from benchmarks import sweep
+
+    covered = {t for exp in registry.REGISTRY.values() for t in exp.techniques}
+    implemented = {t.name for t in catalogue.techniques() if t.status == "implemented"}
+    assert implemented - covered == set(sweep.NOT_PLACED)
+    assert all(len(why) > 20 for why in sweep.NOT_PLACED.values())
+
+
+def test_sweep_network_hooks(harness):
+    common, registry, report, runner = harness
+    import keras
+
+    from benchmarks import sweep
+
+    class Data:
+        input_shape, num_classes = (28, 28, 1), 10
+
+    ctx = registry.Context(data=Data(), seed=0, setting=sweep.SWEEP)
+    net = sweep.sweep_cnn(ctx, dense=lambda name: {"use_bias": name != "hidden"},
+                          after_hidden=lambda: keras.layers.Dropout(0.5, name="extra"),
+                          activation=lambda name: keras.layers.Activation("tanh", name=f"tanh_{name}"))
+    assert [layer.name for layer in net.layers if layer.name.startswith(("conv", "hidden", "logits", "extra"))] == [
+        "conv0", "conv1", "hidden", "extra", "logits"]
+    assert not net.get_layer("hidden").use_bias and net.get_layer("logits").use_bias
+    assert net.get_layer("tanh_hidden") is not None and net.output.shape == (None, 10)
+    assert sweep.hidden_kernel(net).shape == (7 * 7 * sweep.FILTERS[1], sweep.HIDDEN)
+
+
 def test_spec_builder_makes_arms_and_claims(harness):
     common, registry, report, runner = harness
     a = registry.arm("ELR", per_sample=True, loss=registry.ce())
@@ -108,7 +140,8 @@ def test_bench_main_end_to_end(tmp_path, harness):
     _tiny_npz(data, "fashion_mnist")
     _tiny_npz(data, "mnist")
     out = tmp_path / "out"
-    code = bench.main(["--quick", "--only", "QuantNoise (activations)", "PS-KD", "ibp", "--data-dir", str(data),
+    code = bench.main(["--quick", "--only", "QuantNoise (activations)", "PS-KD", "ibp", "sweep_constraints",
+                       "--data-dir", str(data),
                        "--out", str(out), "--seeds", "2", "--epochs", "1", "--n-train", "64", "--n-test", "32",
                        "--cost-repeats", "1", "--cost-steps", "2", "--no-memory"])
     assert code == 0
@@ -116,7 +149,7 @@ def test_bench_main_end_to_end(tmp_path, harness):
     assert evidence["schema_version"] == 2
     assert {"machine", "coverage", "experiments", "load_1min_start", "load_1min_end"} <= set(evidence)
     by_key = {e["key"]: e for e in evidence["experiments"]}
-    assert set(by_key) == {"quant_noise_activations", "pskd", "ibp"}
+    assert set(by_key) == {"quant_noise_activations", "pskd", "ibp", "sweep_constraints"}
     arms = by_key["quant_noise_activations"]["settings"][0]["arms"]
     assert set(arms) == {"no noise", "2-bit activation noise"}
     for arm in arms.values():
@@ -146,6 +179,17 @@ def test_bench_main_end_to_end(tmp_path, harness):
                                                    > (os.cpu_count() or 2) + 0.5)
     assert "Measured on a quiet machine" in md or "Measured under load" in md  # the train-step table's condition
     assert (out / "bench_curves.png").is_file() and (out / "bench_overhead.png").is_file()
+    # The sweep group: every arm ran, each stands for its catalogue row and has the accuracy claim.
+    sweep = by_key["sweep_constraints"]
+    assert sweep["sweep"] and not sweep["skipped_arms"]
+    arms = sweep["settings"][0]["arms"]
+    assert "plain" in arms and set(sweep["arm_techniques"]) == set(arms) - {"plain"}
+    assert set(sweep["arm_techniques"].values()) == set(sweep["techniques"])
+    accuracy_claims = {c["technique_arm"] for c in sweep["claims"] if c["metric"] == "test_acc"}
+    assert accuracy_claims == set(sweep["arm_techniques"])
+    assert set(cost["experiments"]["sweep_constraints"]["arms"]) == set(arms)
+    assert "### Sweep: every other technique" in md and "| technique (group) | arm | claim |" in md
+    assert (out / "bench_sweep.png").is_file()
 
 
 def test_report_renders_noise_plot_from_json(harness, tmp_path):
