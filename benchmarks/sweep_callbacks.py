@@ -60,8 +60,8 @@ def changed_fraction(r):
 
 metric("cb_changed_fraction", "fraction of the weight entries that differ from the weights the fit started from "
        "(LT-SFT: the sparse fine-tune difference)", higher=False, pct=True)(changed_fraction)
-metric("cb_frozen_fraction", "fraction of the layers with weights that GradES froze by the end of the fit (nan "
-       "without GradES)", pct=True)(lambda r: r.ctx.extra.get("frozen_fraction", float("nan")))
+metric("cb_frozen_fraction", "fraction of the layers with weights that GradES froze by the end of the fit (0 "
+       "without GradES: nothing is frozen)", pct=True)(lambda r: r.ctx.extra.get("frozen_fraction", 0.0))
 metric("cb_onset_classes", "fraction of classes whose early-learning onset ADELE's detector flagged (nan without "
        "it)", pct=True)(lambda r: r.ctx.extra.get("onset_fraction", float("nan")))
 metric("cb_range_lr", "the maximum learning rate suggested by the LR range test (nan without it)")(
