@@ -643,3 +643,86 @@ group(
          "The authors' defaults: weight 0.1, t_in -15, t_out -3, 400 outliers, K 50, 50 boundary points, 600 "
          "candidates, sigma 1, 32 outliers per step.",
 )
+
+
+# -- a discriminator of real vs generated images: RpGAN's R1/R2 penalties ---------------------------------------------
+
+def _real_vs_fake(data, rng, components=20):
+    """Turns the setting into a discriminator task: label 1 = a real Fashion-MNIST image, 0 = a sample of a fixed
+    generator (a 20-component PCA Gaussian fitted to the training images: blurry, plausible garments). Training: the
+    first half of the real training images + as many fakes; test: half of the real test images + fresh fakes."""
+    shape = data.x_train.shape[1:]
+    flat = data.x_train.reshape(len(data.x_train), -1).astype("float64")
+    mean = flat.mean(axis=0)
+    _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    scale = s[:components] / np.sqrt(len(flat) - 1)
+
+    def fakes(n):
+        z = rng.standard_normal((n, components)) * scale
+        return np.clip(mean + z @ vt[:components], 0.0, 1.0).reshape((n,) + shape).astype("float32")
+
+    def mix(real):
+        x = np.concatenate([real, fakes(len(real))])
+        y = np.concatenate([np.ones(len(real)), np.zeros(len(real))]).astype("int32")
+        order = rng.permutation(len(x))
+        return x[order], y[order]
+
+    data.x_train, data.y_train = mix(data.x_train[: len(data.x_train) // 2])
+    data.y_train_clean, data.noisy_mask = data.y_train.copy(), np.zeros(len(data.y_train), bool)
+    data.x_test, data.y_test = mix(data.x_test[: len(data.x_test) // 2])
+    data.num_classes = 2
+
+
+def _register_real_fake_transform():
+    from benchmarks import common
+
+    common.TRANSFORMS.setdefault("steps_real_vs_fake", (
+        "real (label 1) vs PCA-Gaussian generated (label 0) images, half real half fake", _real_vs_fake))
+
+
+_register_real_fake_transform()
+REAL_FAKE = sweep.SWEEP.__class__(sweep.SWEEP.dataset, n_train=sweep.SWEEP.n_train, n_test=sweep.SWEEP.n_test,
+                                  transform="steps_real_vs_fake")
+
+
+def _discriminator(ctx):
+    """The sweep network as a discriminator: its head is one logit d = D(x), given as the two class logits [0, d] (so
+    the sparse cross-entropy is the GAN's binary loss and the penalty's gradient of the summed outputs is dD/dx)."""
+    import keras
+
+    def head(units):
+        return keras.Sequential([keras.layers.Dense(1, name="d"),
+                                 keras.layers.Lambda(lambda d: keras.ops.concatenate([keras.ops.zeros_like(d), d], -1))],
+                                name="logits")
+
+    return sweep.sweep_cnn(ctx, logits=head)
+
+
+@metric("steps_d_grad_norm", "mean over 500 test images (real and fake) of ||dD/dx||^2, the discriminator logit's "
+        "squared input-gradient norm", higher=False)
+def _d_grad_norm(r):
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(r.ctx.data.x_test[:500])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        d = tf.reduce_sum(r.net(x, training=False))
+    g = tape.gradient(d, x).numpy()
+    return float(np.mean((g.reshape(len(g), -1) ** 2).sum(axis=1)))
+
+
+group(
+    "sweep_train_steps_gan",
+    "Zero-centred R1 + R2 penalties keep a real-vs-generated discriminator's accuracy and flatten it around the data.",
+    entries=(
+        entry("RpGAN R1/R2 gradient penalties", "R1 + R2 gamma=1",
+              techniques=(_make("keras_reg.training.ZeroCenteredGradientPenalty", gamma=1.0, target="both"),),
+              claims=(better("steps_d_grad_norm", "R1/R2 lower the discriminator's input-gradient norm"),)),
+    ),
+    metrics=("test_acc", "steps_d_grad_norm"), net=_discriminator, setting=REAL_FAKE, time=False,
+    net_desc="sweep_cnn as a discriminator: Dense(1) logit d, output [0, d]",
+    note="No generator is trained (the RpGAN loss and the generator step are not part of the technique): the "
+         "discriminator learns to tell 500 real training images from 500 samples of a fixed generator (a "
+         "20-component PCA Gaussian of the training images); test_acc is its real-vs-fake accuracy on real test "
+         "images and fresh fakes. gamma 1 (the docstring default; the paper tunes gamma per dataset).",
+)
