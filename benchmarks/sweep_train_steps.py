@@ -1,6 +1,11 @@
 """Sweep groups: step techniques (`keras_reg.training`, wrapped in a `RegularizedModel`) in the sweep network, or in
 the smallest network that gives them the setting they need (a noisy-label set, a row-sequence RNN, a token model,
-a pre-trained network to fine-tune).
+a pre-trained network to fine-tune, an item tower over feature columns, a linear head on frozen features, a
+real-vs-generated discriminator).
+
+Not placed: Contractive reconstruction (an auto-encoder's reconstruction Jacobian), Mixed Barlow Twins (a label-free
+two-view siamese embedding) and Generalized teacher forcing (a latent recurrence reconstructing trajectories): their
+models do not output class scores, so the sweep's accuracy claim cannot be measured on them.
 
 Techniques whose per-sample loss is given by name (AdaMixUp, ELLE-A, Hessian alignment, ...) see probabilities:
 those arms use `sweep_cnn(softmax=True)` with the matching cross-entropy, which is the same network and the same
@@ -13,11 +18,8 @@ import numpy as np
 
 from benchmarks import sweep
 from benchmarks.metrics import metric
-from benchmarks.registry import _obj
-from benchmarks.registry import ce
-from benchmarks.sweep import better
-from benchmarks.sweep import entry
-from benchmarks.sweep import group
+from benchmarks.registry import _obj, ce
+from benchmarks.sweep import better, entry, group
 
 
 def _steps_per_epoch(ctx):
@@ -30,7 +32,7 @@ def _probs_net(ctx, **kwargs):
 
 
 def _make(path, **kwargs):
-    """(ctx) -> the step technique at `path`; a kwarg given as a callable is called with ctx (like registry.component)."""
+    """(ctx) -> the step technique at `path`; a callable kwarg is called with ctx (as in registry.component)."""
     return lambda ctx: _obj(path)(**{k: v(ctx) if callable(v) else v for k, v in kwargs.items()})
 
 
@@ -181,7 +183,8 @@ group(
               labels=_one_hot, techniques=(_make("keras_reg.training.CauchySchwarzInformationBottleneck", beta=0.01,
                                                  sigma=1.0, representation="hidden"),),
               claims=(better("test_acc", "the CS-IB terms raise the test accuracy"),)),
-        entry("EQ-Net sandwich training (GPG distillation chain)", "EQ-Net sandwich (2-8 bits, 3 sub-nets, 8-bit deployed)",
+        entry("EQ-Net sandwich training (GPG distillation chain)",
+              "EQ-Net sandwich (2-8 bits, 3 sub-nets, 8-bit deployed)",
               wrap=_eq_wrap, techniques=(_make("keras_reg.training.ElasticQuantSandwich", from_logits=True,
                                                keep_first_last=False, seed=_seed),),
               claims=(better("steps_w3_acc", "the sandwich-trained network keeps more accuracy at 3-bit weights"),)),
@@ -214,10 +217,9 @@ group(
     time=False,
     note="Strengths from the papers' code defaults, scaled to 28x28 images and 4 epochs: ConvergeSmooth eps=0.1 "
          "(the pgd_acc radius; authors 16/255 on CIFAR), lam=7, the clean loss' label smoothing not used in the "
-         "compiled loss; ELLE-A eps=8/255 lam_max=4000 (authors); EQ-Net: every Conv/Dense wrapped (deployed at 8 bits), "
-         "sub-nets drawn from 2..8 bits for every layer (keep_first_last off, so the 3-bit metric's sub-net was "
-         "trained), alpha 0.5, T 1; GT self-distillation: the teacher is the sweep network "
-         "trained first on the same MSE loss for the same 4 epochs (one generation, alpha 0.5, one-hot MSE: the "
+         "compiled loss; ELLE-A eps=8/255 lam_max=4000 (authors); EQ-Net: every Conv/Dense wrapped (deployed at "
+         "8 bits), sub-nets drawn from 2..8 bits for every layer (keep_first_last off, so the 3-bit metric's "
+         "sub-net was trained), alpha 0.5, T 1; GT self-distillation: the teacher is the sweep network trained first on the same MSE loss for the same 4 epochs (one generation, alpha 0.5, one-hot MSE: the "
          "plain arm uses cross-entropy); Hessian alignment: no domain labels exist, so the two domains are bright "
          "and dark training images (median mean intensity), HGP with the authors' weights 1e-3; IFT: 800 training "
          "images, the other 200 only through the hyper steps (cycled validation stream), decay per tensor from "
@@ -230,9 +232,6 @@ group(
 
 
 # -- 40% symmetric label noise: ELR+, ADELE ---------------------------------------------------------------------------
-
-NOISY = None  # set below (registry.noisy needs the registry, imported lazily)
-
 
 def _scaled_input_net(ctx):
     """The sweep network behind a resizing to 28x28, so that it takes the rescaled copies of multi-scale
@@ -295,8 +294,8 @@ def _noisy_group():
         note="40% symmetric noise on 2,000 training images (registry.noisy), 6 epochs so that memorisation can "
              "start. ELR+: the authors' CIFAR-10 lam 3, beta 0.7, mixup alpha 1, EMA 0.997 without their warm-up "
              "epochs; the peer is a clone trained in the same step. ADELE (a segmentation method) on image "
-             "classification: tau 0.8, a class's correction starts when EarlyLearningOnset (min_epochs 3, its least) flags "
-             "it, from the step's own prediction. Multi-scale consistency: scales 0.7/1.5, lam 1, tau 0.8 (the "
+             "classification: tau 0.8, a class's correction starts when EarlyLearningOnset (min_epochs 3, its "
+             "least) flags it, from the step's own prediction. Multi-scale consistency: scales 0.7/1.5, lam 1, tau 0.8 (the "
              "authors'), the rescaled copies resized back to 28x28 at the network's input (the sweep network is "
              "not size-agnostic).",
     )
@@ -468,7 +467,8 @@ group(
         # Full batches only: BALoRARegularization fails on a smaller last batch (its retraced step loses the
         # logits' static width; reported, not fixed here), so the training set is cycled to a multiple of 128.
         entry("BA-LoRA regularizers", "BA-LoRA terms 1e-4/3e-4/1e-4, k=3 (full fine-tuning)",
-              inputs=_full_batches, labels=_full_batches, techniques=(_make("keras_reg.training.BALoRARegularization", task="nlu"),),
+              inputs=_full_batches, labels=_full_batches,
+              techniques=(_make("keras_reg.training.BALoRARegularization", task="nlu"),),
               claims=(better("test_acc", "the BA-LoRA regularizers raise the fine-tuned accuracy"),)),
         entry("Regularized Mask Tuning gradient dropout", "mask tuning + gradient dropout (lambda 1, T 1)",
               net=_masked_net,
@@ -476,7 +476,6 @@ group(
               claims=(better("test_acc", "regularized mask tuning raises the fine-tuned accuracy"),)),
     ),
     metrics=("test_acc", "steps_masked_fraction"), net=_finetune_net, time=False,
-    plain=None,
     net_desc=sweep.NET_DESC + "; pre-trained on 2,000 MNIST digits for 2 epochs, then fine-tuned (every arm)",
     note="The plain arm fine-tunes every weight of the pre-trained network. DR-Tune: frozen encoder = the "
          "pre-trained trunk up to act_hidden, queue 512 (authors 2048 on 224-px images; here half the training "
@@ -571,9 +570,9 @@ def _frozen_features(data, rng):
 def _register_feature_transform():
     from benchmarks import common
 
-    common.TRANSFORMS.setdefault("steps_frozen_features", (
-        "inputs = L2-normalised 64-d features of a frozen MNIST-pre-trained sweep network; OOD set: MNIST test "
-        "digits", _frozen_features))
+    description = ("inputs = L2-normalised 64-d features of a frozen MNIST-pre-trained sweep network; OOD set: MNIST "
+                   "test digits")
+    common.TRANSFORMS.setdefault("steps_frozen_features", (description, _frozen_features))
 
 
 _register_feature_transform()
@@ -639,7 +638,8 @@ group(
     note="OVOR trains the classifier head on a task's frozen (prompted ViT) features with NPOS virtual outliers, "
          "against inter-task confusion in class-incremental learning; here one task: a linear head on frozen "
          "features of an MNIST-pre-trained sweep network (a frozen encoder as in the paper), 20 epochs of Adam "
-         "0.01 (a linear head on 1,000 unit-norm feature vectors learns slowly at the sweep's 2e-3), and the mechanism is measured as energy-based OOD detection of MNIST digits. "
+         "0.01 (a linear head on 1,000 unit-norm feature vectors learns slowly at the sweep's 2e-3), and the "
+         "mechanism is measured as energy-based OOD detection of MNIST digits. "
          "The authors' defaults: weight 0.1, t_in -15, t_out -3, 400 outliers, K 50, 50 boundary points, 600 "
          "candidates, sigma 1, 32 outliers per step.",
 )
@@ -691,9 +691,8 @@ def _discriminator(ctx):
     import keras
 
     def head(units):
-        return keras.Sequential([keras.layers.Dense(1, name="d"),
-                                 keras.layers.Lambda(lambda d: keras.ops.concatenate([keras.ops.zeros_like(d), d], -1))],
-                                name="logits")
+        as_two = keras.layers.Lambda(lambda d: keras.ops.concatenate([keras.ops.zeros_like(d), d], -1))
+        return keras.Sequential([keras.layers.Dense(1, name="d"), as_two], name="logits")
 
     return sweep.sweep_cnn(ctx, logits=head)
 
