@@ -219,7 +219,8 @@ group(
          "(the pgd_acc radius; authors 16/255 on CIFAR), lam=7, the clean loss' label smoothing not used in the "
          "compiled loss; ELLE-A eps=8/255 lam_max=4000 (authors); EQ-Net: every Conv/Dense wrapped (deployed at "
          "8 bits), sub-nets drawn from 2..8 bits for every layer (keep_first_last off, so the 3-bit metric's "
-         "sub-net was trained), alpha 0.5, T 1; GT self-distillation: the teacher is the sweep network trained first on the same MSE loss for the same 4 epochs (one generation, alpha 0.5, one-hot MSE: the "
+         "sub-net was trained), alpha 0.5, T 1; GT self-distillation: the teacher is the sweep network trained "
+         "first on the same MSE loss for the same 4 epochs (one generation, alpha 0.5, one-hot MSE: the "
          "plain arm uses cross-entropy); Hessian alignment: no domain labels exist, so the two domains are bright "
          "and dark training images (median mean intensity), HGP with the authors' weights 1e-3; IFT: 800 training "
          "images, the other 200 only through the hyper steps (cycled validation stream), decay per tensor from "
@@ -295,7 +296,8 @@ def _noisy_group():
              "start. ELR+: the authors' CIFAR-10 lam 3, beta 0.7, mixup alpha 1, EMA 0.997 without their warm-up "
              "epochs; the peer is a clone trained in the same step. ADELE (a segmentation method) on image "
              "classification: tau 0.8, a class's correction starts when EarlyLearningOnset (min_epochs 3, its "
-             "least) flags it, from the step's own prediction. Multi-scale consistency: scales 0.7/1.5, lam 1, tau 0.8 (the "
+             "least) flags it, from the step's own prediction. Multi-scale consistency: scales 0.7/1.5, lam 1, "
+             "tau 0.8 (the "
              "authors'), the rescaled copies resized back to 28x28 at the network's input (the sweep network is "
              "not size-agnostic).",
     )
