@@ -412,10 +412,15 @@ def quantized_accuracy(net, x, y, weight_bits=None, activation_bits=None, batch_
         correct = 0
         for start in range(0, len(x), batch_size):
             h = keras.ops.convert_to_tensor(x[start:start + batch_size])
-            for layer in net.layers:
-                h = layer(h, training=False)
-                if activation_bits is not None and layer.name.startswith("act_q"):
-                    h = fake_quantize(h, activation_bits)
+            if activation_bits is None:  # any network, Sequential or functional
+                h = net(h, training=False)
+            else:  # the "act_q*" points are found by walking a layer chain (a Sequential or a chain-shaped model)
+                for layer in net.layers:
+                    if isinstance(layer, keras.layers.InputLayer):
+                        continue
+                    h = layer(h, training=False)
+                    if layer.name.startswith("act_q"):
+                        h = fake_quantize(h, activation_bits)
             correct += int(np.sum(np.argmax(keras.ops.convert_to_numpy(h), -1) == y[start:start + batch_size]))
     finally:
         for v, value in saved:

@@ -34,7 +34,17 @@ LEARNING_RATE = 2e-3
 FILTERS = (8, 16)
 HIDDEN = 64
 # Implemented catalogue rows the sweep does not place, with the reason (the smoke test keeps this list exact).
-NOT_PLACED = {}
+NOT_PLACED = {
+    "BEER representation-rank bound": "a critic regularizer of value-based reinforcement learning: it needs rewards, "
+    "consecutive state-action pairs and a Bellman target, which an image classifier has no slot for",
+    "Contractive reconstruction": "a penalty on an auto-encoder's reconstruction Jacobian: the model outputs "
+    "images, not class scores, so the sweep's accuracy claim and network do not apply (its cost is in the "
+    "training-step table)",
+    "Generalized teacher forcing": "a training scheme for recurrent models reconstructing dynamical-system "
+    "trajectories; no classification slot (its cost is in the training-step table)",
+    "Monge gap": "a regularizer of a learned transport map between two distributions (source cells to target cells "
+    "in the paper); a classifier has neither the map nor the two measures",
+}
 
 NET_DESC = (f"sweep_cnn: Conv{FILTERS[0]}-act-pool, Conv{FILTERS[1]}-act-pool, Flatten, Dense({HIDDEN}) 'hidden'-act, "
             "Dense(10) 'logits'; the technique in its slot")
