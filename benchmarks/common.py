@@ -140,6 +140,7 @@ class Data:
     num_classes: int
     source: str
     extra_test: dict = dataclasses.field(default_factory=dict)  # name -> (x, y): other test sets of the setting
+    data_dir: str = None  # where it was loaded from (a transform may load another dataset from there)
 
     @property
     def input_shape(self):
@@ -174,7 +175,7 @@ def load_setting(setting, data_dir=None, subset_seed=0):
     else:
         y_noisy, mask = y_clean.copy(), np.zeros(len(y_clean), bool)
     data = Data(x_train, y_noisy.astype("int32"), y_clean, mask, x_test, full.y_test[te].astype("int32"),
-                full.num_classes, full.source)
+                full.num_classes, full.source, data_dir=data_dir)
     if setting.transform:
         TRANSFORMS[setting.transform][1](data, np.random.default_rng(subset_seed + 1))
     _DATA_CACHE[key] = data

@@ -45,7 +45,6 @@ def _edge_of_chaos(ctx):
 
 def _siren(ctx):
     # sin(30 x) after every feature layer; conv0 gets the first-layer scheme U(-1/n, 1/n), the others sqrt(6/n)/30
-    import keras
 
     layers = _obj("keras_reg.layers")
     return sweep_cnn(

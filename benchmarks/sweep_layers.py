@@ -14,14 +14,12 @@ Five groups, one per kind of network a layer needs:
 The metrics defined here are prefixed `layers_`.
 """
 
-import math
 
 import numpy as np
 
 from benchmarks import common
 from benchmarks.metrics import metric
 from benchmarks.registry import _obj
-from benchmarks.sweep import EPOCHS
 from benchmarks.sweep import HIDDEN
 from benchmarks.sweep import LEARNING_RATE
 from benchmarks.sweep import NET_DESC
@@ -465,15 +463,15 @@ def finetune_cnn(ctx, mode="full"):
 
     hidden_layer = None
     if mode == "sorsa":
-        hidden_layer = lambda units: _L("SVDSplitDense").from_dense(  # noqa: E731
+        hidden_layer = lambda units: _L("SVDSplitDense").from_dense(
             pretrained_dense(), rank=8, train="principal", orthonormal_weight=1e-3, name="hidden")
     elif mode == "effort":
-        hidden_layer = lambda units: _L("SVDSplitDense").from_dense(  # noqa: E731
+        hidden_layer = lambda units: _L("SVDSplitDense").from_dense(
             pretrained_dense(), rank=HIDDEN - 8, train="residual", orthonormal_weight=1e-3, norm_weight=1e-3,
             name="hidden")
     wrap = None
     if mode == "mask":
-        wrap = lambda layer: (_L("MaskTuningWrapper")(layer, name=layer.name) if layer.name != "logits"  # noqa
+        wrap = lambda layer: (_L("MaskTuningWrapper")(layer, name=layer.name) if layer.name != "logits"
                               else layer)
     after_hidden = None
     if mode == "nmtune":

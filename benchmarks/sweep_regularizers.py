@@ -82,7 +82,7 @@ def _offdiag(r):
 def _filter_norm_error(r):
     errors = []
     for name in KERNELS:
-        w = np.asarray(getattr(r.net.get_layer(name), "kernel"), "float64")
+        w = np.asarray(r.net.get_layer(name).kernel, "float64")
         errors.append((1.0 - np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0)) ** 2)
     return float(np.mean(np.concatenate(errors)))
 

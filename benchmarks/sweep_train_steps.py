@@ -18,8 +18,11 @@ import numpy as np
 
 from benchmarks import sweep
 from benchmarks.metrics import metric
-from benchmarks.registry import _obj, ce
-from benchmarks.sweep import better, entry, group
+from benchmarks.registry import _obj
+from benchmarks.registry import ce
+from benchmarks.sweep import better
+from benchmarks.sweep import entry
+from benchmarks.sweep import group
 
 
 def _steps_per_epoch(ctx):
@@ -545,14 +548,11 @@ def _frozen_features(data, rng):
     """Replaces the images by the L2-normalised 64-d hidden features of a frozen backbone (the sweep network trained
     on 2,000 MNIST digits for 2 epochs, seed 0: OVOR's frozen pre-trained encoder); extra_test["steps_ood"] holds
     the features of 1,000 MNIST test digits (out-of-distribution for the Fashion-MNIST head)."""
-    import os
-
     import keras
 
     from benchmarks import common
 
-    data_dir = os.environ.get("KERAS_REG_DATA", "/work/shared/data")  # the bench CLI's default
-    mnist = common.load_setting(common.Setting("mnist", n_train=2000, n_test=1000), data_dir)
+    mnist = common.load_setting(common.Setting("mnist", n_train=2000, n_test=1000), data.data_dir)
     keras.utils.set_random_seed(0)
     ctx = type("Ctx", (), {"data": mnist})()
     net = sweep.sweep_cnn(ctx)
