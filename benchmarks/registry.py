@@ -1049,3 +1049,5 @@ SWEEP_MODULES = ("sweep_regularizers", "sweep_constraints", "sweep_initializers"
                  "sweep_train_steps", "sweep_callbacks", "sweep_optimizers")
 for _module in SWEEP_MODULES:  # each registers its group(s) on import
     importlib.import_module(f"benchmarks.{_module}")
+
+not_placed = importlib.import_module("benchmarks.sweep").NOT_PLACED  # implemented rows without a slot, and why

@@ -484,8 +484,10 @@ def write_report(out_dir, command):
     md += ["## The harness", "",
            "`python -m keras_reg bench [--quick] [--only NAME ...] [--data-dir DIR] [--seeds N] [--out DIR]` "
            "(implementation `keras_reg/bench.py:main(argv)`). It walks `keras_reg.catalogue.techniques()`; every "
-           "row named by a spec in `benchmarks/registry.py` gets that experiment, every other row is listed "
-           "under *Coverage* as \"no experiment yet\". A spec (`spec(...)`, a few lines) names the catalogue "
+           "row named by a spec in `benchmarks/registry.py` gets that experiment; the rows without a dedicated "
+           "experiment are sweep entries (`benchmarks/sweep.py` and the `benchmarks/sweep_*.py` groups: one arm each in "
+           "a common small network, `sweep.NOT_PLACED` lists the few that have no slot and why), and any row left is "
+           "listed under *Coverage* as \"no experiment yet\". A spec (`spec(...)`, a few lines) names the catalogue "
            "row(s), the paper's claim and setting, the data settings (loaded through `keras_reg.data.load`, label "
            "noise through `keras_reg.data.add_label_noise`), the network, optimizer and budget, the arms (`arm(...)`; "
            "the first is the plain baseline: same network, data, optimizer, epochs and seeds), the metrics "

@@ -86,7 +86,10 @@ def select(registry, catalogue_rows, only=None):
             only_keys |= {name, *found}
     for row in catalogue_rows:
         exps = registry.for_technique(row.name)
-        if not exps:
+        not_placed = getattr(registry, "not_placed", {}).get(row.name)
+        if not exps and not_placed:
+            text = f"not in the sweep: {not_placed}"
+        elif not exps:
             text = "no experiment yet" if row.status == "implemented" else f"no experiment ({row.status})"
         else:
             text = ", ".join(f"`{e.key}`" for e in exps)

@@ -72,6 +72,11 @@ def test_every_implemented_technique_has_an_experiment_or_a_reason(harness):
     implemented = {t.name for t in catalogue.techniques() if t.status == "implemented"}
     assert implemented - covered == set(sweep.NOT_PLACED)
     assert all(len(why) > 20 for why in sweep.NOT_PLACED.values())
+    _, coverage = bench.select(registry, catalogue.techniques())
+    texts = {row["name"]: row["experiment"] for row in coverage}
+    for name, why in sweep.NOT_PLACED.items():
+        assert texts[name] == f"not in the sweep: {why}"
+    assert not any(text == "no experiment yet" for text in texts.values())
 
 
 def test_sweep_network_hooks(harness):
