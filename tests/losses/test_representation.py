@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_reg.functional import entropic_ot_cost
+from keras_reg.functional.representation import off_diagonal_covariance_penalty
 from keras_reg.functional.representation import pairwise_squared_distances
 from keras_reg.regularizers import DispersiveRegularizer
 from keras_reg.losses import MongeGapLoss
@@ -214,6 +215,26 @@ def test_nmtune_consistency_gradient_does_not_reach_frozen_features():
         value = NMTuneRegularization(1.0, 0.0, 0.0).penalty(f, z)
     gf, gz = tape.gradient(value, [f, z])
     assert gf is None and gz is not None
+
+
+def test_nmtune_with_a_statically_unknown_batch():
+    # regression: the covariance term reshaped z to (batch, -1), losing the static width, and ops.eye(None) raised.
+    f, z = RNG.normal(size=(2, 7, 6))
+    spec = tf.TensorSpec((None, 6), tf.float32)
+    layer = NMTuneRegularization(0.7, 0.2, 0.3, k=3)
+    penalty = tf.function(layer.penalty, input_signature=[spec, spec])
+    want = ref_nmtune(f, z, 0.7, 0.2, 0.3, 3, False)
+    assert float(penalty(f.astype("float32"), z.astype("float32"))) == pytest.approx(want, rel=1e-4)
+    cov_only = tf.function(off_diagonal_covariance_penalty, input_signature=[tf.TensorSpec((None, 3, 2), tf.float32)])
+    want = ref_nmtune(f, z, 0.0, 1.0, 0.0, 3, False)  # a (N, 3, 2) batch is flattened to (N, 6)
+    assert float(cov_only(z.reshape(7, 3, 2).astype("float32"))) == pytest.approx(want, rel=1e-4)
+    keras.utils.set_random_seed(0)
+    model = _nmtune_classifier(NMTuneRegularization(1.0, 0.01, 0.01))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = RNG.normal(size=(20, 8)).astype("float32")
+    y = RNG.integers(0, 3, size=20)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)  # batches 8, 8 and a partial 4
+    assert np.all(np.isfinite(history.history["loss"]))
 
 
 def _views_data():
