@@ -154,11 +154,20 @@ def test_mixed_barlow_twins_loss_values_and_shapes():
     mixed = float(loss(y, z.astype("float32")))
     expected = ref_barlow(z[:, 0], z[:, 1], 0.02) + ref_mixed(z[:, 0], z[:, 1], z[:, 2], perm, alpha, 0.02, 3.0)
     assert mixed == pytest.approx(expected, rel=1e-5)
-    # Identical, decorrelated, centred views: C = (N - 1) / N * I (unbiased std, 1/N correlation, as the authors'
-    # code), so the loss is D / N^2.
+    # Identical, decorrelated, centred, unit-norm views: var = 1 / (N - 1), C = (N - 1) / N * var / (var + eps) * I
+    # (unbiased variance and 1/N correlation, as the authors' code), so the loss is D (1 - C_11)^2: D / N^2 at eps = 0.
     q, _ = np.linalg.qr(np.concatenate([np.ones((8, 1)), RNG.normal(size=(8, 3))], 1))
     views = np.stack([q[:, 1:], q[:, 1:]], 1)
-    assert float(loss(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 / 64, rel=1e-4)
+    c11 = 7 / 8 * (1 / 7) / (1 / 7 + 1e-5)
+    assert float(loss(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 * (1 - c11) ** 2, rel=1e-4)
+    no_eps = MixedBarlowTwinsLoss(lambda_=0.02, mix_scale=3.0, epsilon=0.0)
+    assert float(no_eps(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 / 64, rel=1e-4)
+    dead = z.copy()
+    dead[:, :, 3] = 0.0  # a dead ReLU unit in every view: finite, and its on-diagonal term is exactly 1
+    got = float(loss(y, dead.astype("float32")))
+    assert np.isfinite(got)
+    assert got == pytest.approx(ref_barlow(dead[:, 0], dead[:, 1], 0.02) + ref_mixed(
+        dead[:, 0], dead[:, 1], dead[:, 2], perm, alpha, 0.02, 3.0), rel=1e-5)
     with pytest.raises(ValueError, match="batch, 2, dim"):
         loss(np.zeros((7, 2)), np.zeros((7, 4, 3), "float32"))
     with pytest.raises(ValueError, match="y_true"):
@@ -274,7 +283,8 @@ contract.install(
         name="mixed_barlow_twins_loss", make=lambda: MixedBarlowTwinsLoss(), model=_siamese, data=_views_data,
         loss=contract.COMPONENT, save_atol=1e-5,
         bad_args=[(lambda: MixedBarlowTwinsLoss(lambda_=-1.0), "lambda_"),
-                  (lambda: MixedBarlowTwinsLoss(mix_scale=float("nan")), "mix_scale")],
+                  (lambda: MixedBarlowTwinsLoss(mix_scale=float("nan")), "mix_scale"),
+                  (lambda: MixedBarlowTwinsLoss(epsilon=-1e-5), "epsilon")],
     ),
     globals(),
 )
