@@ -10,9 +10,15 @@ from keras_reg.utils.validation import check_non_negative
 
 @keras.saving.register_keras_serializable(package="keras_reg")
 class WarmupDecay:
-    """value(t) = peak * min(1, t / warmup) for t < warmup, then decays to `final` over `decay` more units.
+    """A warmup to `peak`, then a decay to `final`:
 
-    `kind` is "cosine", "linear" or "constant" (no decay). `t` counts epochs or batches, as the callback says.
+        value(t) = peak * (t + 1) / warmup                          for t < warmup
+        value(t) = final + (peak - final) * shape((t - warmup) / decay)   for t >= warmup (progress capped at 1)
+
+    with shape(p) = (1 + cos(pi p)) / 2 ("cosine"), 1 - p ("linear"), or value(t) = peak ("constant", or decay = 0).
+    The warmup counts t + 1 (the usual convention) so that its first step already applies peak / warmup instead of
+    being spent at 0, and it reaches `peak` at t = warmup - 1; e.g. peak 1e-3, warmup 2: 5e-4, 1e-3, 1e-3, ...
+    `t` counts epochs or batches (from 0), as the callback says.
     """
 
     KINDS = ("cosine", "linear", "constant")

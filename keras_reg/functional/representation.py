@@ -12,6 +12,8 @@ points x_i and their images y_i = T(x_i):
     W_{c,eps}(a, b) = min_P <P, C> + eps * KL(P || a b^T),   c(x, y) = ||x - y||^2.
 """
 
+import math
+
 from keras import ops
 
 
@@ -110,8 +112,7 @@ def virtual_outliers(features, noise, k, num_boundary, num_outliers, sigma=1.0, 
     `keras.random.normal((num_boundary, M, D))`. Returns (num_outliers, D), in the normalized space when
     `normalize` (the space in which the distances are measured).
     """
-    z = ops.cast(features, "float32")
-    z = ops.reshape(z, (ops.shape(z)[0], -1))
+    z = _flatten_batch(ops.cast(features, "float32"))
     if normalize:
         z = _l2_normalize(z)
     radius = kth_neighbour_distances(z, z, k)
@@ -170,21 +171,29 @@ def beer_penalty(phi, phi_next, phi_target, reward, head_norm_squared, discount=
 # -- Feature-space regularizers of NMTune and BA-LoRA -------------------------------------------------------------
 
 
+def _flatten_batch(z):
+    """z (N, ...) as (N, D), D the product of the non-batch dims: static whenever they are, even when N is unknown
+    (a partial last batch, a `tf.function` with batch None), so that D can size `eye` and divide."""
+    rest = tuple(z.shape[1:])
+    if all(d is not None for d in rest):
+        return ops.reshape(z, (-1, math.prod(rest)))
+    return ops.reshape(z, (ops.shape(z)[0], -1))
+
+
 def off_diagonal_covariance_penalty(z):
     """sum_{i != j} C_ij^2 / D with C the (N - 1)-normalised covariance of z (N, D)."""
-    z = ops.cast(z, "float32")
-    z = ops.reshape(z, (ops.shape(z)[0], -1))
+    z = _flatten_batch(ops.cast(z, "float32"))
     n = ops.cast(ops.shape(z)[0], "float32")
+    width = z.shape[-1] if z.shape[-1] is not None else ops.shape(z)[-1]
     centred = z - ops.mean(z, axis=0, keepdims=True)
     cov = ops.matmul(ops.transpose(centred), centred) / (n - 1.0)
-    off = cov * (1.0 - ops.eye(z.shape[-1], dtype="float32"))
-    return ops.sum(ops.square(off)) / z.shape[-1]
+    off = cov * (1.0 - ops.eye(width, dtype="float32"))
+    return ops.sum(ops.square(off)) / ops.cast(width, "float32")
 
 
 def singular_values(z):
     """The singular values of a (N, D) matrix, in decreasing order."""
-    z = ops.cast(z, "float32")
-    return ops.svd(ops.reshape(z, (ops.shape(z)[0], -1)), compute_uv=False)
+    return ops.svd(_flatten_batch(ops.cast(z, "float32")), compute_uv=False)
 
 
 def top_singular_value_share(z, k):

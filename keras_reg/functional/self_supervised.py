@@ -1,7 +1,9 @@
 """Pure math of the self-supervised regularizers: Barlow Twins and its mixed-sample term, InfoNCE on feature-masked
 views, rotation pretext labels.
 
-Barlow Twins (Zbontar et al. 2021), z_a, z_b (N, D) standardised per feature over the batch (unbiased std):
+Barlow Twins (Zbontar et al. 2021), z_a, z_b (N, D) standardised per feature over the batch,
+z_hat = (z - mean) / sqrt(var + eps) with the unbiased variance (N - 1) and eps = 1e-5 (the epsilon of the
+BatchNorm1d(affine=False) of the Barlow Twins code; without it a constant feature, e.g. a dead ReLU, gives 0/0):
 
     C = z_a^T z_b / N,      L_BT = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2
 
@@ -18,13 +20,15 @@ import keras
 from keras import ops
 
 
-def standardize(z):
-    """(z - mean) / std per feature over the batch, std with the N - 1 denominator (torch's default)."""
+def standardize(z, epsilon=1e-5):
+    """(z - mean) / sqrt(var + epsilon) per feature over the batch, var with the N - 1 denominator (torch's default).
+
+    epsilon keeps a constant feature finite (it standardises to 0), as the epsilon of BatchNorm1d does."""
     z = ops.cast(z, "float32")
     n = ops.cast(ops.shape(z)[0], "float32")
     centred = z - ops.mean(z, axis=0, keepdims=True)
-    std = ops.sqrt(ops.sum(ops.square(centred), axis=0, keepdims=True) / (n - 1.0))
-    return centred / std
+    variance = ops.sum(ops.square(centred), axis=0, keepdims=True) / (n - 1.0)
+    return centred / ops.sqrt(variance + epsilon)
 
 
 def cross_correlation(u, v):
@@ -33,18 +37,18 @@ def cross_correlation(u, v):
     return ops.matmul(ops.transpose(u), v) / n
 
 
-def barlow_twins_loss(z_a, z_b, lambda_=0.0051):
+def barlow_twins_loss(z_a, z_b, lambda_=0.0051, epsilon=1e-5):
     """sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 with C the cross-correlation of the standardised views."""
-    c = cross_correlation(standardize(z_a), standardize(z_b))
+    c = cross_correlation(standardize(z_a, epsilon), standardize(z_b, epsilon))
     eye = ops.eye(c.shape[-1], dtype="float32")
     on = ops.sum(ops.square(ops.diagonal(c) - 1.0))
     off = ops.sum(ops.square(c * (1.0 - eye)))
     return on + lambda_ * off
 
 
-def mixed_barlow_twins_regularizer(z_a, z_b, z_m, permutation, alpha, lambda_=0.0051, scale=4.0):
+def mixed_barlow_twins_regularizer(z_a, z_b, z_m, permutation, alpha, lambda_=0.0051, scale=4.0, epsilon=1e-5):
     """The mixed-sample cross-correlation term R above (the targets are not stop-gradient, as in the authors' code)."""
-    za, zb, zm = standardize(z_a), standardize(z_b), standardize(z_m)
+    za, zb, zm = (standardize(z, epsilon) for z in (z_a, z_b, z_m))
     zb_perm = ops.take(zb, permutation, axis=0)
     alpha = ops.cast(alpha, "float32")
     first = cross_correlation(zm, za) - (alpha * cross_correlation(za, za) + (1.0 - alpha) * cross_correlation(zb_perm, za))

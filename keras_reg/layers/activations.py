@@ -278,6 +278,26 @@ def _initializer_or(value, default):
     return keras.initializers.get(value) if value is not None else default
 
 
+def _slot_initializer(initializer, seed, slot):
+    """An independent copy of a random `initializer` for the `slot`-th weight of a layer.
+
+    Keras random initializers are stateless: one instance called twice (with an integer seed, or with seed=None,
+    which Keras turns into one fixed default integer at construction) returns the same values. So each weight gets
+    its own copy: seeded with `seed + slot` when the layer has a seed, else `initializer`'s own integer seed +
+    slot, else a fresh default seed (what Keras' MultiHeadAttention does by cloning from its config; under
+    `keras.utils.set_random_seed` the draws are still reproducible). Non-random initializers are returned as is.
+    """
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer
+    base = seed if seed is not None else getattr(initializer, "_init_seed", None)
+    if isinstance(base, int) and not isinstance(base, bool):
+        config["seed"] = base + slot
+    elif base is not None:  # a SeedGenerator: stateful, so successive calls already differ
+        return initializer
+    return initializer.__class__.from_config(config)
+
+
 @technique("Fourier activation", paper=_ORTHO_PAPER, year=2025, kind="layer")
 class FourierActivation(keras.layers.Layer):
     """A learnable activation: a truncated Fourier series with trainable amplitudes, frequencies and phases.
@@ -370,8 +390,9 @@ class TropicalRationalActivation(keras.layers.Layer):
 
     Args:
         degree: n (n + 1 terms per max), an integer >= 1.
-        initializer: initializer of p, c, q and d (default: `RandomNormal(0, 1)`, the code's).
-        seed: optional integer seed of the default initializer.
+        initializer: initializer of p, c, q and d (default: `RandomNormal(0, 1)`, the code's); a random one is
+            copied per vector so that the four draws are independent.
+        seed: optional integer seed of the (random) initializer; vector i is drawn with seed + i.
 
     Example:
         >>> h = keras.layers.Dense(64)(x)
@@ -391,9 +412,7 @@ class TropicalRationalActivation(keras.layers.Layer):
         shape = (self.degree + 1,)
         names = ("powers_num", "coefficients_num", "powers_den", "coefficients_den")
         for i, name in enumerate(names):
-            init = self.initializer
-            if self.seed is not None and isinstance(init, keras.initializers.RandomNormal):
-                init = keras.initializers.RandomNormal(init.mean, init.stddev, seed=self.seed + i)
+            init = _slot_initializer(self.initializer, self.seed, i)
             setattr(self, name, self.add_weight(shape=shape, name=name, initializer=init))
         self.built = True
 

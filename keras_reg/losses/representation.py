@@ -134,7 +134,7 @@ class MixedBarlowTwinsLoss(_BatchLevelLoss):
     """Barlow Twins on two embedding views, plus the mixed-sample cross-correlation regularizer when a mixed view
     is given.
 
-        C(u, v) = u^T v / N on per-feature standardised embeddings (unbiased std)
+        C(u, v) = u^T v / N on per-feature standardised embeddings (z - mean) / sqrt(var + eps), unbiased var
         L_BT = sum_i (1 - C(z_a, z_b)_ii)^2 + lambda sum_{i != j} C(z_a, z_b)_ij^2
         R = lambda s ( ||C(z_m, z_a) - alpha C(z_a, z_a) - (1 - alpha) C(z_b[pi], z_a)||^2
                      + ||C(z_m, z_b) - alpha C(z_a, z_b) - (1 - alpha) C(z_b[pi], z_b)||^2 )
@@ -151,6 +151,8 @@ class MixedBarlowTwinsLoss(_BatchLevelLoss):
     Args:
         lambda_: weight of the off-diagonal (redundancy) terms, >= 0.
         mix_scale: s, the weight of the mixed-sample term relative to lambda, >= 0.
+        epsilon: eps added to each feature's batch variance, >= 0 (default 1e-5, the BatchNorm1d epsilon of the
+            Barlow Twins code); keeps the loss finite when a feature is constant over the batch.
 
     Example:
         >>> siamese = keras.Model(views, keras.layers.TimeDistributed(encoder)(views))   # (batch, V, dim)
@@ -158,11 +160,12 @@ class MixedBarlowTwinsLoss(_BatchLevelLoss):
         >>> model.compile("adam", keras_reg.losses.MixedBarlowTwinsLoss()); model.fit(two_views, np.zeros((n, 2)))
     """
 
-    def __init__(self, lambda_=0.0078125, mix_scale=4.0, reduction="sum_over_batch_size", name="mixed_barlow_twins",
-                 dtype=None):
+    def __init__(self, lambda_=0.0078125, mix_scale=4.0, epsilon=1e-5, reduction="sum_over_batch_size",
+                 name="mixed_barlow_twins", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.lambda_ = check_non_negative(lambda_, "lambda_")
         self.mix_scale = check_non_negative(mix_scale, "mix_scale")
+        self.epsilon = check_non_negative(epsilon, "epsilon")
 
     def call(self, y_true, y_pred):
         if len(y_pred.shape) != 3 or y_pred.shape[1] not in (2, 3):
@@ -171,7 +174,7 @@ class MixedBarlowTwinsLoss(_BatchLevelLoss):
                 f"[z_a, z_b, z_mixed]. Received y_pred.shape={tuple(y_pred.shape)}"
             )
         z = ops.cast(y_pred, "float32")
-        loss = barlow_twins_loss(z[:, 0], z[:, 1], self.lambda_)
+        loss = barlow_twins_loss(z[:, 0], z[:, 1], self.lambda_, self.epsilon)
         if y_pred.shape[1] == 3:
             if len(y_true.shape) != 2 or (y_true.shape[-1] is not None and y_true.shape[-1] != 2):
                 raise ValueError(
@@ -182,12 +185,12 @@ class MixedBarlowTwinsLoss(_BatchLevelLoss):
             permutation = ops.cast(ops.round(mixing[:, 0]), "int32")
             alpha = mixing[0, 1]
             loss = loss + mixed_barlow_twins_regularizer(
-                z[:, 0], z[:, 1], z[:, 2], permutation, alpha, self.lambda_, self.mix_scale
+                z[:, 0], z[:, 1], z[:, 2], permutation, alpha, self.lambda_, self.mix_scale, self.epsilon
             )
         return loss
 
     def get_config(self):
-        return {**super().get_config(), "lambda_": self.lambda_, "mix_scale": self.mix_scale}
+        return {**super().get_config(), "lambda_": self.lambda_, "mix_scale": self.mix_scale, "epsilon": self.epsilon}
 
 
 @technique("BEER representation-rank bound", paper=_BEER_PAPER, year=2024, kind="loss")

@@ -67,8 +67,9 @@ class DualHalfSpaceProjectedGradient(GradientTransformOptimizer):
     groups are user-declared: each output unit of the named Dense/Conv layers together with its bias (automatic
     zero-invariant-group discovery is out of scope). Following the authors' public DHSPG code (its "sgd" variant):
 
-    * at step `partition_step`, score every group by 0.5 * normalize(cos(-x, -g)) + 0.5 * normalize(1 / mean|x|)
-      over all groups and mark the top K = floor(G * min(target + tolerance, 0.999)) as redundant;
+    * at step `partition_step`, score every group by 0.5 * normalize(cos(-x, -g)) + 0.5 * normalize(1 / (||x|| / d))
+      over all groups (d: the group's own size, which may differ between layers) and mark the top
+      K = floor(G * min(target + tolerance, 0.999)) as redundant;
     * every step, after the inner optimizer's trial step x_hat = inner(x, g), redundant groups also move along the
       group-norm subgradient, with an adaptive lambda while the group sparsity is below `target_group_sparsity`
       (the base lmbda afterwards):
@@ -167,12 +168,16 @@ class DualHalfSpaceProjectedGradient(GradientTransformOptimizer):
 
     def _partition(self):
         xs, gs = self._x_before, self._g_before
-        x, g = ops.concatenate(xs, axis=0), ops.concatenate(gs, axis=0)
-        cos = ops.sum(x * g, axis=1) / (ops.maximum(ops.norm(x, axis=1) * ops.norm(g, axis=1), 1e-8))
-        norm_avg = ops.norm(x, axis=1) / float(x.shape[1])
+        # Per-group quantities are computed per layer (its groups have its own width d: a conv filter and a Dense
+        # unit differ) and only the (groups,) vectors are concatenated; the normalizations run over all groups.
+        cos = ops.concatenate([
+            ops.sum(x * g, axis=1) / ops.maximum(ops.norm(x, axis=1) * ops.norm(g, axis=1), 1e-8)
+            for x, g in zip(xs, gs)
+        ], axis=0)
+        norm_avg = ops.concatenate([ops.norm(x, axis=1) / float(x.shape[1]) for x in xs], axis=0)
         inv = 1.0 / (norm_avg + 1e-6)
         scores = 0.5 * cos / ops.maximum(ops.norm(cos), 1e-12) + 0.5 * inv / ops.maximum(ops.norm(inv), 1e-12)
-        total = int(x.shape[0])
+        total = int(cos.shape[0])
         k = int(total * min(self.target_group_sparsity + self.tolerance_group_sparsity, 0.999))
         marks = ops.zeros((total,))
         if k > 0:

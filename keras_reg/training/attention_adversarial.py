@@ -8,7 +8,7 @@ from keras_reg.catalogue import technique
 from keras_reg.functional.attention_perturbation import at_perturbation
 from keras_reg.functional.attention_perturbation import iat_perturbation
 from keras_reg.layers.attention_perturbation import attention_perturbation_scope
-from keras_reg.training.technique import per_sample_loss_fn
+from keras_reg.training.technique import per_sample_loss
 from keras_reg.training.technique import StepTechnique
 from keras_reg.utils.validation import check_non_negative
 from keras_reg.utils.validation import check_positive
@@ -55,7 +55,11 @@ class AttentionAdversarialTraining(StepTechnique):
         lam: weight of the adversarial loss, >= 0 (the authors' `lam_adv`, default 1).
         variant: "at" or "iat".
         layers: name or list of names of the hook layers to perturb (default: every hook layer in the model).
-        loss: name of the Keras per-sample loss of the adversarial term (sample weights apply as in Keras).
+        loss: the loss of the adversarial term: the name of a Keras loss function, a `keras.losses.Loss` or a
+            callable (y_true, y_pred) -> per-sample losses (sample weights apply as in Keras). Use the model's
+            training loss: e.g. for a network that outputs logits, `from_logits=True` or
+            `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
+        from_logits: with a loss given by name, whether the model outputs logits (default False: probabilities).
 
     Example:
         >>> at = keras_reg.training.AttentionAdversarialTraining(epsilon=1.0, variant="iat")
@@ -67,7 +71,7 @@ class AttentionAdversarialTraining(StepTechnique):
     extra_passes = 2
 
     def __init__(self, epsilon=1.0, lam=1.0, variant="at", layers=None, loss="sparse_categorical_crossentropy",
-                 **kwargs):
+                 from_logits=False, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = check_positive(epsilon, "epsilon")
         self.lam = check_non_negative(lam, "lam")
@@ -79,8 +83,8 @@ class AttentionAdversarialTraining(StepTechnique):
         ):
             raise ValueError(f"`layers` must be None, a layer name or a list of layer names. Received: layers={layers!r}")
         self.layers = layers if layers is None or isinstance(layers, str) else list(layers)
-        self.loss = loss
-        self.loss_fn = per_sample_loss_fn(loss, "AttentionAdversarialTraining")
+        self.from_logits = bool(from_logits)
+        self.loss_fn, self.loss = per_sample_loss(loss, self.from_logits, "AttentionAdversarialTraining")
         self._names = None
 
     def attach(self, model):
@@ -145,4 +149,6 @@ class AttentionAdversarialTraining(StepTechnique):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "lam": self.lam, "variant": self.variant,
-                "layers": self.layers, "loss": self.loss}
+                "layers": self.layers,
+                "loss": self.loss if isinstance(self.loss, str) else keras.saving.serialize_keras_object(self.loss),
+                "from_logits": self.from_logits}

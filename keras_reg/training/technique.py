@@ -20,6 +20,8 @@ from `keras_reg.training.current_sample_context()` in `transform_batch` (run onc
 """
 
 import collections
+import functools
+import inspect
 
 import keras
 
@@ -89,6 +91,41 @@ class StepTechnique(keras.layers.Layer):
 
     def call(self, inputs):
         raise NotImplementedError(f"{type(self).__name__} is a training-step technique; it is not called on inputs.")
+
+
+def per_sample_loss(loss, from_logits, owner):
+    """(per-sample function, loss to keep) for a loss given by name, as a `keras.losses.Loss` (or its serialized
+    dict) or as a callable (y_true, y_pred) -> per-sample values. `from_logits` applies to a name (a Keras loss
+    function with a `from_logits` argument); a loss object or function fixes it itself."""
+    if isinstance(loss, dict):
+        loss = keras.losses.deserialize(loss)
+    if isinstance(loss, str):
+        fn = per_sample_loss_fn(loss, owner)
+        if isinstance(fn, keras.losses.Loss):  # a class name such as "SparseCategoricalCrossentropy"
+            if from_logits:
+                config = fn.get_config()
+                if "from_logits" not in config:
+                    raise ValueError(f"`from_logits` of {owner}: the loss {loss!r} has no `from_logits` argument.")
+                fn = type(fn).from_config({**config, "from_logits": True})
+            return fn.call, loss
+        if from_logits:
+            if "from_logits" not in inspect.signature(fn).parameters:
+                raise ValueError(f"`from_logits` of {owner}: the loss {loss!r} has no `from_logits` argument.")
+            fn = functools.partial(fn, from_logits=True)
+        return fn, loss
+    if from_logits:
+        raise ValueError(
+            f"`from_logits=True` of {owner} applies to a loss given by name; a loss object or function sets it "
+            f"itself, e.g. keras.losses.SparseCategoricalCrossentropy(from_logits=True). Received: loss={loss!r}"
+        )
+    if isinstance(loss, keras.losses.Loss):
+        return loss.call, loss
+    if callable(loss):
+        return loss, loss
+    raise ValueError(
+        f"`loss` of {owner} must be the name of a Keras loss, a `keras.losses.Loss` or a callable "
+        f"(y_true, y_pred) -> per-sample losses. Received: loss={loss!r}"
+    )
 
 
 def per_sample_loss_fn(loss, owner):

@@ -17,6 +17,17 @@ def test_warmup_decay_values():
     np.testing.assert_allclose([c(0), c(1), c(2)], [2.0, 1.0, 0.0], atol=1e-12)
 
 
+def test_warmup_first_values_are_exact_and_documented():
+    # regression: the docstring said peak * min(1, t / warmup) (0 at t = 0) while the code gives
+    # peak * (t + 1) / warmup; the (t + 1) convention is kept (no step spent at 0) and now documented.
+    s = WarmupDecay(peak=1e-3, warmup=2)
+    assert [s(0), s(1), s(2), s(10)] == [1e-3 * 1 / 2, 1e-3 * 2 / 2, 1e-3, 1e-3]
+    assert s(0) == 0.0005
+    assert [WarmupDecay(peak=3.0, warmup=1)(t) for t in range(3)] == [3.0, 3.0, 3.0]
+    assert [WarmupDecay(peak=1.0, warmup=4, kind="constant")(t) for t in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert "peak * (t + 1) / warmup" in WarmupDecay.__doc__ and "min(1, t / warmup)" not in WarmupDecay.__doc__
+
+
 def test_schedule_changes_the_penalty_inside_fit():
     x, y = contract.classification_data((8, 8, 2))
     reg = OrthogonalConvRegularizer(0.0)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_reg import functional
 from keras_reg.functional.self_supervised import correlated_feature_masks
 from keras_reg.functional.self_supervised import random_feature_masks
+from keras_reg.functional.self_supervised import standardize
 from tests.losses._reference import numeric_grad
 
 RNG = np.random.default_rng(11)
@@ -199,18 +200,18 @@ def test_beer_penalty_matches_authors_formula_and_bound_is_constant():
     np.testing.assert_allclose(gpt.numpy(), numeric_grad(lambda v: with_fixed_bound(phi, v), phi_target), atol=1e-5)
 
 
-def ref_standardize(z):
-    return (z - z.mean(0)) / z.std(0, ddof=1)
+def ref_standardize(z, eps=1e-5):
+    return (z - z.mean(0)) / np.sqrt(z.var(0, ddof=1) + eps)
 
 
-def ref_barlow(z_a, z_b, lam):
-    c = ref_standardize(z_a).T @ ref_standardize(z_b) / len(z_a)
+def ref_barlow(z_a, z_b, lam, eps=1e-5):
+    c = ref_standardize(z_a, eps).T @ ref_standardize(z_b, eps) / len(z_a)
     off = c - np.diag(np.diag(c))
     return ((np.diag(c) - 1) ** 2).sum() + lam * (off**2).sum()
 
 
-def ref_mixed(z_a, z_b, z_m, perm, alpha, lam, scale):
-    a, b, m = ref_standardize(z_a), ref_standardize(z_b), ref_standardize(z_m)
+def ref_mixed(z_a, z_b, z_m, perm, alpha, lam, scale, eps=1e-5):
+    a, b, m = ref_standardize(z_a, eps), ref_standardize(z_b, eps), ref_standardize(z_m, eps)
     n = len(a)
     cc1 = m.T @ a / n - (alpha * a.T @ a / n + (1 - alpha) * b[perm].T @ a / n)
     cc2 = m.T @ b / n - (alpha * a.T @ b / n + (1 - alpha) * b[perm].T @ b / n)
@@ -242,6 +243,28 @@ def test_barlow_twins_and_mixed_term_match_reference_with_gradients():
     mixed = alpha * linear_a + (1 - alpha) * linear_b[np.arange(9)]
     assert ref_mixed(linear_a, linear_b, mixed, np.arange(9), alpha, 1.0, 1.0) < ref_mixed(
         linear_a, linear_b, RNG.normal(size=(9, 3)), np.arange(9), alpha, 1.0, 1.0)
+
+
+def test_barlow_twins_is_finite_with_a_constant_feature():
+    # regression: with no epsilon a constant feature (a dead ReLU) standardised to 0/0 and the loss was NaN.
+    z_a, z_b, z_m = RNG.normal(size=(3, 6, 4))
+    z_a[:, 1] = 0.0
+    z_b[:, 1] = 0.0
+    z_m[:, 2] = 3.0
+    perm, alpha = RNG.permutation(6), 0.4
+    standardized = np.asarray(standardize(z_a.astype("float32")))
+    assert np.all(np.isfinite(standardized)) and np.all(standardized[:, 1] == 0.0)
+    va = tf.Variable(z_a.astype("float32"))
+    with tf.GradientTape() as tape:
+        bt = functional.barlow_twins_loss(va, z_b.astype("float32"), 0.01)
+        mixed = functional.mixed_barlow_twins_regularizer(va, z_b.astype("float32"), z_m.astype("float32"), perm,
+                                                          alpha, 0.01, 4.0)
+        total = bt + mixed
+    assert float(bt) == pytest.approx(ref_barlow(z_a, z_b, 0.01), rel=1e-5)
+    assert float(mixed) == pytest.approx(ref_mixed(z_a, z_b, z_m, perm, alpha, 0.01, 4.0), rel=1e-5)
+    assert np.all(np.isfinite(tape.gradient(total, va).numpy()))
+    # the dead feature contributes its full on-diagonal (1 - 0)^2 = 1 to L_BT
+    assert float(bt) == pytest.approx(1.0 + ref_barlow(np.delete(z_a, 1, 1), np.delete(z_b, 1, 1), 0.01), rel=1e-5)
 
 
 def test_info_nce_matches_reference():

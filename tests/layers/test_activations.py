@@ -301,6 +301,30 @@ def test_tropical_rational_value_and_gradients_match_reference():
     assert not np.allclose(seeded[0].powers_num.numpy(), seeded[0].coefficients_num.numpy())
 
 
+
+def test_tropical_rational_unseeded_draws_four_independent_vectors():
+    # regression: one stateless RandomNormal called four times gave p == c == q == d, so R(x) = 0 and no gradient.
+    def draw(**kwargs):
+        keras.utils.set_random_seed(11)
+        layer = TropicalRationalActivation(2, **kwargs)
+        layer.build((None, 4))
+        return layer, [w.numpy() for w in (layer.powers_num, layer.coefficients_num,
+                                           layer.powers_den, layer.coefficients_den)]
+
+    layer, vectors = draw()
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not np.allclose(vectors[a], vectors[b])
+    x = tf.constant(np.linspace(-2.0, 2.0, 12).reshape(3, 4), tf.float32)
+    y, g = _grad(lambda t: layer(t), x)
+    assert np.abs(y).max() > 1e-3 and np.abs(g).max() > 1e-3
+    np.testing.assert_array_equal(np.stack(vectors), np.stack(draw()[1]))  # reproducible under the global seed
+    _, uniform = draw(initializer=keras.initializers.RandomUniform(-1.0, 1.0))
+    assert not np.allclose(uniform[0], uniform[2]) and np.all(np.abs(np.stack(uniform)) <= 1.0)
+    _, seeded = draw(initializer=keras.initializers.RandomUniform(-1.0, 1.0), seed=3)
+    assert not np.allclose(seeded[0], seeded[1])
+
+
 # ---------------------------------------------------------------------------------------------------------- contract
 def _output_model(layer):
     inputs = keras.Input((8,))

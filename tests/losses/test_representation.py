@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_reg.functional import entropic_ot_cost
+from keras_reg.functional.representation import off_diagonal_covariance_penalty
 from keras_reg.functional.representation import pairwise_squared_distances
 from keras_reg.regularizers import DispersiveRegularizer
 from keras_reg.losses import MongeGapLoss
@@ -153,11 +154,20 @@ def test_mixed_barlow_twins_loss_values_and_shapes():
     mixed = float(loss(y, z.astype("float32")))
     expected = ref_barlow(z[:, 0], z[:, 1], 0.02) + ref_mixed(z[:, 0], z[:, 1], z[:, 2], perm, alpha, 0.02, 3.0)
     assert mixed == pytest.approx(expected, rel=1e-5)
-    # Identical, decorrelated, centred views: C = (N - 1) / N * I (unbiased std, 1/N correlation, as the authors'
-    # code), so the loss is D / N^2.
+    # Identical, decorrelated, centred, unit-norm views: var = 1 / (N - 1), C = (N - 1) / N * var / (var + eps) * I
+    # (unbiased variance and 1/N correlation, as the authors' code), so the loss is D (1 - C_11)^2: D / N^2 at eps = 0.
     q, _ = np.linalg.qr(np.concatenate([np.ones((8, 1)), RNG.normal(size=(8, 3))], 1))
     views = np.stack([q[:, 1:], q[:, 1:]], 1)
-    assert float(loss(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 / 64, rel=1e-4)
+    c11 = 7 / 8 * (1 / 7) / (1 / 7 + 1e-5)
+    assert float(loss(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 * (1 - c11) ** 2, rel=1e-4)
+    no_eps = MixedBarlowTwinsLoss(lambda_=0.02, mix_scale=3.0, epsilon=0.0)
+    assert float(no_eps(np.zeros((8, 2)), views.astype("float32"))) == pytest.approx(3 / 64, rel=1e-4)
+    dead = z.copy()
+    dead[:, :, 3] = 0.0  # a dead ReLU unit in every view: finite, and its on-diagonal term is exactly 1
+    got = float(loss(y, dead.astype("float32")))
+    assert np.isfinite(got)
+    assert got == pytest.approx(ref_barlow(dead[:, 0], dead[:, 1], 0.02) + ref_mixed(
+        dead[:, 0], dead[:, 1], dead[:, 2], perm, alpha, 0.02, 3.0), rel=1e-5)
     with pytest.raises(ValueError, match="batch, 2, dim"):
         loss(np.zeros((7, 2)), np.zeros((7, 4, 3), "float32"))
     with pytest.raises(ValueError, match="y_true"):
@@ -216,6 +226,26 @@ def test_nmtune_consistency_gradient_does_not_reach_frozen_features():
     assert gf is None and gz is not None
 
 
+def test_nmtune_with_a_statically_unknown_batch():
+    # regression: the covariance term reshaped z to (batch, -1), losing the static width, and ops.eye(None) raised.
+    f, z = RNG.normal(size=(2, 7, 6))
+    spec = tf.TensorSpec((None, 6), tf.float32)
+    layer = NMTuneRegularization(0.7, 0.2, 0.3, k=3)
+    penalty = tf.function(layer.penalty, input_signature=[spec, spec])
+    want = ref_nmtune(f, z, 0.7, 0.2, 0.3, 3, False)
+    assert float(penalty(f.astype("float32"), z.astype("float32"))) == pytest.approx(want, rel=1e-4)
+    cov_only = tf.function(off_diagonal_covariance_penalty, input_signature=[tf.TensorSpec((None, 3, 2), tf.float32)])
+    want = ref_nmtune(f, z, 0.0, 1.0, 0.0, 3, False)  # a (N, 3, 2) batch is flattened to (N, 6)
+    assert float(cov_only(z.reshape(7, 3, 2).astype("float32"))) == pytest.approx(want, rel=1e-4)
+    keras.utils.set_random_seed(0)
+    model = _nmtune_classifier(NMTuneRegularization(1.0, 0.01, 0.01))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = RNG.normal(size=(20, 8)).astype("float32")
+    y = RNG.integers(0, 3, size=20)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)  # batches 8, 8 and a partial 4
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
 def _views_data():
     x = np.random.default_rng(1).normal(size=(48, 2, 6)).astype("float32")
     x[:, 1] = x[:, 0] + 0.1 * x[:, 1]  # two noisy views of the same examples
@@ -253,7 +283,8 @@ contract.install(
         name="mixed_barlow_twins_loss", make=lambda: MixedBarlowTwinsLoss(), model=_siamese, data=_views_data,
         loss=contract.COMPONENT, save_atol=1e-5,
         bad_args=[(lambda: MixedBarlowTwinsLoss(lambda_=-1.0), "lambda_"),
-                  (lambda: MixedBarlowTwinsLoss(mix_scale=float("nan")), "mix_scale")],
+                  (lambda: MixedBarlowTwinsLoss(mix_scale=float("nan")), "mix_scale"),
+                  (lambda: MixedBarlowTwinsLoss(epsilon=-1e-5), "epsilon")],
     ),
     globals(),
 )

@@ -158,6 +158,28 @@ def test_fit_erases_branches_not_the_path_and_erased_branches_can_be_dropped(tmp
     assert loaded.optimizer.graph == GRAPH
 
 
+def test_conv_and_dense_structures_of_different_sizes():
+    # a conv branch (3*3*4*4 + 4 = 148 entries) and a Dense branch (4*4 + 4 = 20) as removal structures
+    inputs = keras.Input((6, 6, 2), name="input")
+    stem = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(stem)
+    conv_branch = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, padding="same", name="c")(stem))
+    dense_branch = keras.layers.Dense(4, name="a")(pooled)
+    merged = keras.layers.Add(name="add")([pooled, conv_branch, dense_branch])
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", dtype="float32", name="head")(merged))
+    graph = {"input": ["stem"], "stem": ["a", "c", "add"], "a": ["add"], "c": ["add"], "add": ["head"],
+             "head": ["output"]}
+    opt = HierarchicalHalfSpaceProjectedGradient(keras.optimizers.SGD(0.1), groups=["a", "c"], graph=graph,
+                                                 target_group_sparsity=0.5, lmbda=1.0, tolerance_group_sparsity=0.0)
+    x, y = contract.classification_data((6, 6, 2))
+    model.compile(opt, "sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
+    assert [int(x.shape[0]) for x in opt._current()] == [20, 148]
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert float(np.asarray(opt._redundant).sum()) == 1.0  # K = floor(2 * 0.5): one of the two structures
+    assert float(opt.group_sparsity()) == pytest.approx(0.5)
+
+
 def test_bad_graphs_are_reported():
     sgd = keras.optimizers.SGD()
     with pytest.raises(ValueError, match="not a node"):

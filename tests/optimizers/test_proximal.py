@@ -38,6 +38,29 @@ def test_large_lambda_zeroes_groups_in_fit():
     assert np.all(model.get_layer("hidden").kernel.numpy() == 0)
 
 
+def test_conv_and_dense_groups_of_different_sizes():
+    # a Conv2D (groups of 3*3*2 + 1 = 19 entries) and a Dense layer (4 + 1 = 5) grouped together: each layer's
+    # groups are thresholded on their own (groups, d) matrix.
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(6, name="dense")(h))
+    rng = np.random.default_rng(3)
+    before = {v.path: v.numpy().astype(np.float64) for v in model.trainable_variables}
+    grads = {v.path: rng.normal(size=v.shape) for v in model.trainable_variables}
+    opt = GroupLassoProximal(keras.optimizers.SGD(0.1), layers=["conv", "dense"], lmbda=2.0)
+    opt.apply([tf.constant(grads[v.path], "float32") for v in model.trainable_variables], model.trainable_variables)
+    for name, width in (("conv", 19), ("dense", 5)):
+        kernel = before[f"{name}/kernel"] - 0.1 * grads[f"{name}/kernel"]
+        bias = before[f"{name}/bias"] - 0.1 * grads[f"{name}/bias"]
+        rows = np.concatenate([kernel.reshape(-1, kernel.shape[-1]).T, bias[:, None]], axis=1)
+        assert rows.shape[1] == width
+        rows = rows * np.maximum(0, 1 - 0.2 / np.linalg.norm(rows, axis=1, keepdims=True))
+        layer = model.get_layer(name)
+        got = np.concatenate([layer.kernel.numpy().reshape(-1, rows.shape[0]).T, layer.bias.numpy()[:, None]], 1)
+        np.testing.assert_allclose(got, rows, rtol=1e-5, atol=1e-6)
+
+
 contract.install(
     contract.ComponentCase(
         name="group_lasso_proximal",

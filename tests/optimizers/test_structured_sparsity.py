@@ -80,6 +80,61 @@ def test_dhspg_reaches_target_and_zero_groups_can_be_removed():
     np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)
 
 
+def conv_and_dense_model():
+    """Conv2D "conv" (groups of 3*3*2 + 1 = 19 entries) and Dense "dense" (groups of 4 + 1 = 5 entries)."""
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(6, activation="relu", name="dense")(h)
+    h = keras.layers.Dense(3, name="logits")(h)
+    return keras.Model(inputs, keras.layers.Activation("softmax", dtype="float32")(h))
+
+
+def test_dhspg_groups_of_different_sizes_conv_and_dense():
+    # regression: the partition stacked the (groups, d) matrices of all layers, so a conv layer (d = 19) grouped
+    # with a Dense layer (d = 5) raised a ValueError.
+    keras.utils.set_random_seed(0)
+    model = conv_and_dense_model()
+    rng = np.random.default_rng(1)
+    variables = model.trainable_variables
+    before = {v.path: v.numpy().astype(np.float64) for v in variables}
+    grads = {v.path: rng.normal(size=v.shape) * 0.5 for v in variables}
+    grads["dense/kernel"][:, 2] = before["dense/kernel"][:, 2] * 40  # dense unit 2 crosses its half-space
+    grads["dense/bias"][2] = before["dense/bias"][2] * 40 + 0.5
+    opt = DualHalfSpaceProjectedGradient(keras.optimizers.SGD(0.1), layers=["conv", "dense"],
+                                         target_group_sparsity=0.5, lmbda=0.05, tolerance_group_sparsity=0.0)
+    opt.apply([tf.constant(grads[v.path], "float32") for v in variables], variables)
+
+    def rows(prefix, values):
+        kernel, bias = values[f"{prefix}/kernel"], values[f"{prefix}/bias"]
+        return np.concatenate([kernel.reshape(-1, kernel.shape[-1]).T, bias[:, None]], axis=1)
+
+    xs = [rows(n, before) for n in ("conv", "dense")]
+    gs = [rows(n, grads) for n in ("conv", "dense")]
+    assert [x.shape[1] for x in xs] == [19, 5]
+    cos = np.concatenate([np.sum(x * g, 1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(g, axis=1), 1e-8)
+                          for x, g in zip(xs, gs)])
+    inv = np.concatenate([1 / (np.linalg.norm(x, axis=1) / x.shape[1] + 1e-6) for x in xs])
+    scores = 0.5 * cos / np.linalg.norm(cos) + 0.5 * inv / np.linalg.norm(inv)
+    marks = np.zeros(10)
+    marks[np.argsort(-scores)[:5]] = 1  # K = floor(10 groups * 0.5), ranked over both layers together
+    np.testing.assert_array_equal(np.concatenate([np.asarray(r) for r in opt._redundant]), marks)
+    after = {v.path: v.numpy() for v in variables}
+    for i, (name, x, g) in enumerate(zip(("conv", "dense"), xs, gs)):
+        expected = dhspg_reference(x, g, 0.1, marks[4 * i: 4 * i + len(x)], 0.05, 2.0, 10.0, 0.0, 0.5)
+        np.testing.assert_allclose(rows(name, after), expected, rtol=1e-5, atol=1e-6)
+    assert marks[6] == 1 and np.all(rows("dense", after)[2] == 0)  # the crossing redundant Dense unit is zero
+    x, y = contract.classification_data((8, 8, 2))
+    keras.utils.set_random_seed(1)
+    model = conv_and_dense_model()
+    opt = DualHalfSpaceProjectedGradient(keras.optimizers.SGD(0.1), layers=["conv", "dense"],
+                                         target_group_sparsity=0.5, lmbda=0.5, partition_step=2, half_space_step=2)
+    model.compile(opt, "sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=8, epochs=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert float(opt.group_sparsity()) == pytest.approx(0.5)  # 5 of the 10 conv filters and Dense units
+
+
 def test_dhspg_resumes_with_its_partition(tmp_path):
     x, y = contract.classification_data()
     model = contract.dense_classifier()

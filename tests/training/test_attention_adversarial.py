@@ -129,6 +129,64 @@ def test_step_equals_float64_reference(variant):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def _additive_attention_logits_model():
+    probs_model = _additive_attention_model()
+    return keras.Model(probs_model.inputs, probs_model.get_layer("out").output)  # the logits, no softmax
+
+
+@pytest.mark.parametrize("loss_kind", ["name", "object", "callable"])
+def test_logits_network_adversarial_term_uses_from_logits(loss_kind):
+    # regression: the adversarial loss could only be a Keras loss name with from_logits=False, so a network that
+    # outputs logits had its adversarial term computed as if the logits were probabilities.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, T, D))
+    y = rng.integers(0, C, size=6)
+    eps, lam = 0.8, 0.6
+    technique = {
+        "name": lambda: AttentionAdversarialTraining(eps, lam, "at", from_logits=True),
+        "object": lambda: AttentionAdversarialTraining(
+            eps, lam, "at", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        "callable": lambda: AttentionAdversarialTraining(
+            eps, lam, "at", loss=lambda t, p: keras.losses.sparse_categorical_crossentropy(t, p, from_logits=True)),
+    }[loss_kind]()
+    model = RegularizedModel(_additive_attention_logits_model(), [technique])
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x.astype("float32"), y.astype("int32"), batch_size=6, epochs=1, verbose=0, shuffle=False)
+    theta0 = np.concatenate([U0.ravel(), W0.ravel(), B0])
+    h = 1e-6
+    g = np.zeros((6, T))
+    for t in range(T):
+        e = np.zeros(T)
+        e[t] = h
+        g[:, t] = (_per_sample_losses(theta0, x, y, e) - _per_sample_losses(theta0, x, y, -e)) / (2 * h) / len(y)
+    r = eps * g / np.linalg.norm(g, axis=1, keepdims=True)
+    # the reference: softmax cross-entropy of the logits (from_logits=True) at the perturbed scores
+    adversarial = np.mean(_per_sample_losses(theta0, x, y, r))
+    assert history.history["attention_adversarial_loss"][0] == pytest.approx(adversarial, rel=1e-5)
+    if loss_kind == "name":  # the old behaviour (logits read as probabilities) gives another value
+        wrong = RegularizedModel(_additive_attention_logits_model(), [AttentionAdversarialTraining(eps, lam, "at")])
+        wrong.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        old = wrong.fit(x.astype("float32"), y.astype("int32"), batch_size=6, epochs=1, verbose=0, shuffle=False)
+        assert abs(old.history["attention_adversarial_loss"][0] - adversarial) > 0.1
+
+
+def test_loss_object_and_from_logits_config_roundtrip():
+    at = AttentionAdversarialTraining(1.0, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    config = at.get_config()
+    assert config["from_logits"] is False and isinstance(config["loss"], dict)
+    again = AttentionAdversarialTraining.from_config(config)
+    assert isinstance(again.loss, keras.losses.SparseCategoricalCrossentropy) and again.loss.get_config()["from_logits"]
+    named = AttentionAdversarialTraining.from_config(AttentionAdversarialTraining(1.0, from_logits=True).get_config())
+    assert named.from_logits and named.loss == "sparse_categorical_crossentropy"
+    logits = np.array([[2.0, -1.0, 0.5]], "float32")
+    np.testing.assert_allclose(np.asarray(named.loss_fn(np.array([0]), logits)),
+                               [-np.log(_softmax(logits.astype(np.float64))[0, 0])], rtol=1e-5)
+    with pytest.raises(ValueError, match="from_logits"):
+        AttentionAdversarialTraining(loss="mse", from_logits=True)
+    with pytest.raises(ValueError, match="from_logits"):
+        AttentionAdversarialTraining(loss=keras.losses.SparseCategoricalCrossentropy(), from_logits=True)
+
+
 def test_extra_passes_leave_batchnorm_statistics_alone():
     inputs = keras.Input((T, D))
     h = keras.layers.BatchNormalization(momentum=0.5)(inputs)
@@ -175,6 +233,7 @@ for _variant in ("at", "iat"):
                 (lambda: AttentionAdversarialTraining(variant="vat"), "variant"),
                 (lambda: AttentionAdversarialTraining(layers=3), "layers"),
                 (lambda: AttentionAdversarialTraining(loss=None), "loss"),
+                (lambda: AttentionAdversarialTraining(loss="mse", from_logits=True), "from_logits"),
             ],
         ),
         globals(),
