@@ -307,7 +307,7 @@ def plot_lorth(evidence, path):
 
 def plot_sweep(evidence, path):
     """Test-accuracy difference to the plain arm (mean, with the technique's std) of every sweep arm; the grey band
-    is the plain arm's std; red bars failed the "keeps the accuracy" claim."""
+    is the plain arm's std (of the arm's group); red bars failed the "keeps the accuracy" claim."""
     plt = _plt()
     bars = []
     for exp in evidence.get("experiments", []):
@@ -328,13 +328,14 @@ def plot_sweep(evidence, path):
     fig, ax = plt.subplots(figsize=(7.5, 0.18 * len(bars) + 1.2))
     ax.barh(range(len(bars)), [b[1] for b in bars], xerr=[b[2] for b in bars], capsize=1.5,
             color=["tab:red" if b[4] else "tab:blue" for b in bars])
-    band = max(b[3] for b in bars)
-    ax.axvspan(-band, band, color="0.85", zorder=0)
+    ax.barh(range(len(bars)), [2 * b[3] for b in bars], left=[-b[3] for b in bars], height=0.9, color="0.85",
+            zorder=0)  # each group's plain ± std
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_yticks(range(len(bars)))
     ax.set_yticklabels([b[0] for b in bars], fontsize=6)
-    ax.invert_yaxis()
-    ax.set_xlabel("test accuracy - plain test accuracy (points; mean ± std over seeds; grey: plain std)", fontsize=7)
+    ax.set_xlabel("test accuracy - plain test accuracy (points; mean ± std over seeds; grey: the plain arm's ± std)",
+                  fontsize=7)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
     ax.set_title("sweep: every technique in its slot of the same small CNN", fontsize=8)
     return _save(fig, plt, path)
 
@@ -383,10 +384,12 @@ def _load(res, name):
 
 
 def _cost_condition(cost):
-    """The banner on the experiment-arm timings: under load when the 1-minute load exceeded the cores + 0.5."""
+    """The banner on the experiment-arm timings: under load when the 1-minute load around any experiment's timing
+    exceeded the cores + 0.5 (the run's own loads when it timed nothing)."""
     import os
 
-    load = max(cost.get("load_1min_start") or 0.0, cost.get("load_1min_end") or 0.0)
+    entries = [e for e in cost.get("experiments", {}).values() if not e.get("skipped")] or [cost]
+    load = max(max(e.get("load_1min_start") or 0.0, e.get("load_1min_end") or 0.0) for e in entries)
     if load > (os.cpu_count() or 2) + 0.5:
         return ("**The experiment-arm timings (cost table) were measured under load**: these cores were shared with "
                 "other jobs (see the load averages), so absolute times are inflated and noisy and the ratios are "
@@ -421,6 +424,8 @@ def write_report(out_dir, command):
           *[f"Re-run and merged (`--merge`): {', '.join(f'`{k}`' for k in r['keys'])} by `{r['command']}` "
             f"(started {r['started']} UTC)  " for r in evidence.get("reruns", [])],
           f"Cost run: `{cost.get('command', '?')}` ({cost.get('started', '?')} → {cost.get('finished', '?')} UTC)  ",
+          *[f"Cost re-run and merged (`--merge`): {len(r['keys'])} experiment(s) by `{r['command']}` (started "
+            f"{r['started']} UTC)  " for r in cost.get("reruns", [])],
           f"Machine: {m.get('cpu_model')} ({m.get('nproc')} cores visible, {m.get('memory_gib')} GiB), Python "
           f"{m.get('python')}, TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, TF limited to "
           f"{m.get('intra_op_threads')} intra-op threads.", "",

@@ -52,6 +52,15 @@ def context(exp, arm, setting, seed, opts, data=None):
                             batch_size=arm.batch_size or exp.batch_size)
 
 
+def train_xy(arm, ctx):
+    """What an arm fits on: its `inputs(ctx, x)` and `labels(ctx, y)` of the training data (the data's own by
+    default). An arm may train on a subset (both hooks then return it)."""
+    data = ctx.data
+    y = arm.labels(ctx, data.y_train) if arm.labels else data.y_train
+    x = arm.inputs(ctx, data.x_train) if arm.inputs else data.x_train
+    return x, y
+
+
 def run_arm(exp, arm, setting, seed, opts):
     """Trains one arm on one setting with one seed; returns its metrics, curve and timing."""
     import keras
@@ -60,8 +69,7 @@ def run_arm(exp, arm, setting, seed, opts):
     ctx = context(exp, arm, setting, seed, opts)
     data = ctx.data
     model = arm.build(ctx)
-    y = arm.labels(ctx, data.y_train) if arm.labels else data.y_train
-    x = arm.inputs(ctx, data.x_train) if arm.inputs else data.x_train
+    x, y = train_xy(arm, ctx)
     callbacks = arm.callbacks(ctx, model) if arm.callbacks else []
     history, seconds = common.train(model, x, y, data.x_test, data.y_test, ctx.epochs, ctx.batch_size,
                                     seed, callbacks=callbacks, validate=arm.validate)
@@ -178,11 +186,12 @@ def run_experiment(exp, opts):
 # -- cost -----------------------------------------------------------------------------------------------------
 
 
-def _dataset(data, y, batch_size):
+def _dataset(x, y, batch_size):
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((data.x_train, y)).shuffle(len(data.x_train), seed=0).batch(
-        batch_size).repeat()
+    y = tuple(y) if isinstance(y, list) else y  # several outputs' targets, not one stacked tensor
+    n = len(tf.nest.flatten(y)[0])
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(n, seed=0).batch(batch_size).repeat()
 
 
 def time_arms(exp, arm_names, opts, repeats=5, steps=20):
@@ -202,8 +211,7 @@ def time_arms(exp, arm_names, opts, repeats=5, steps=20):
         keras.utils.set_random_seed(0)
         ctx = context(exp, arm, setting, 0, opts, data)
         models[name] = arm.build(ctx)
-        y = arm.labels(ctx, data.y_train) if arm.labels else data.y_train
-        datasets[name] = _dataset(data, y, ctx.batch_size)
+        datasets[name] = _dataset(*train_xy(arm, ctx), ctx.batch_size)
         callbacks[name] = arm.callbacks(ctx, models[name]) if arm.callbacks else []
         warmup = max(1, -(-len(data.x_train) // ctx.batch_size))  # one epoch of the subset: traces and warms up
         models[name].fit(datasets[name], epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False,
@@ -267,15 +275,15 @@ def _memory_probe_child(exp_key, arm_name, data_dir, quick, steps):
     arm = exp.arm(arm_name)
     setting = opts.settings(exp)[0]
     data = common.load_setting(setting, data_dir)
-    ds_probe = _dataset(data, data.y_train, exp.batch_size)  # TF runtime and tf.data initialised before the probe
+    ds_probe = _dataset(data.x_train, data.y_train, exp.batch_size)  # TF runtime and tf.data set up before the probe
     next(iter(ds_probe))
     keras.utils.set_random_seed(0)
     probe = common.PeakRSS()
     with probe:
         ctx = context(exp, arm, setting, 0, opts, data)
         model = arm.build(ctx)
-        y = arm.labels(ctx, data.y_train) if arm.labels else data.y_train
-        model.fit(_dataset(data, y, ctx.batch_size), epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False,
+        model.fit(_dataset(*train_xy(arm, ctx), ctx.batch_size), epochs=1, steps_per_epoch=steps, verbose=0,
+                  shuffle=False,
                   callbacks=arm.callbacks(ctx, model) if arm.callbacks else [])
     print("MEMPROBE " + json.dumps({"rss_before_mib": probe.start_rss / 2**20,
                                     "peak_rss_delta_mib": (probe.peak - probe.start_rss) / 2**20}))

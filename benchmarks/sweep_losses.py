@@ -192,7 +192,8 @@ def _probe_callback(ctx, model):
             mean, std = f.mean(0), np.maximum(f.std(0), 1e-6)
             fit = LogisticRegression(max_iter=500).fit((f - mean) / std, ctx.data.y_train)
             kernel = (fit.coef_ / std).T
-            siamese.probe.build((None, f.shape[1]))
+            if not siamese.probe.built:  # the cost stage fits the same model several times
+                siamese.probe.build((None, f.shape[1]))
             siamese.probe.set_weights([kernel.astype("float32"),
                                        (fit.intercept_ - mean @ kernel).astype("float32")])
 

@@ -1,11 +1,14 @@
 """`python -m keras_reg bench`: evidence and cost benchmarks of the catalogued techniques.
 
-    python -m keras_reg bench [--quick] [--only NAME ...] [--data-dir DIR] [--seeds N] [--out DIR]
+    python -m keras_reg bench [--quick] [--only NAME ...] [--no-sweep | --sweep-only] [--data-dir DIR] [--seeds N]
 
 The experiments live in the repository's `benchmarks/` folder (`benchmarks/registry.py` maps catalogue technique
-names to experiment specs); every catalogue row appears in the report, with "no experiment yet" where no spec
-exists. Results: `OUT/results/{evidence,cost,train_steps,torch_sam}.json`, `OUT/benchmarks.md` and
-`OUT/bench_*.png`. Default OUT is `docs/` for a full run and `out/bench-quick/` for `--quick`.
+names to dedicated experiment specs; `benchmarks/sweep.py` and the `sweep_*.py` groups give every other technique
+an arm in one common small network); every catalogue row appears in the report's coverage table. A whole run
+(both parts) takes about 80 minutes of training plus the timing on 2 cores; `--no-sweep` and `--sweep-only` split
+it into two sittings of under an hour each (`--merge` keeps the other part's results). Results:
+`OUT/results/{evidence,cost,train_steps,torch_sam}.json`, `OUT/benchmarks.md` and `OUT/bench_*.png`. Default OUT
+is `docs/` for a full run and `out/bench-quick/` for `--quick`.
 """
 
 import argparse
@@ -45,6 +48,11 @@ def build_parser():
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick)")
     p.add_argument("--out", default=None, help="output folder (default docs/, or out/bench-quick/ with --quick)")
     p.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--no-sweep", action="store_true",
+                      help="only the dedicated experiments (about 45 min of evidence on 2 cores)")
+    part.add_argument("--sweep-only", action="store_true",
+                      help="only the sweep groups (benchmarks/sweep.py; about 36 min of evidence on 2 cores)")
     p.add_argument("--no-evidence", action="store_true", help="skip the training experiments")
     p.add_argument("--no-cost", action="store_true", help="skip the timing")
     p.add_argument("--no-train-steps", action="store_true", help="skip the training-step technique table")
@@ -75,8 +83,9 @@ def _matches(exp, names):
     return bool(keys & own)
 
 
-def select(registry, catalogue_rows, only=None):
-    """(experiments to run, coverage rows): the coverage lists every catalogue row."""
+def select(registry, catalogue_rows, only=None, part=None):
+    """(experiments to run, coverage rows): the coverage lists every catalogue row. `part` "dedicated" or "sweep"
+    keeps one half of a full run (two sittings of under an hour each)."""
     coverage, chosen = [], []
     only_keys = None
     if only:
@@ -96,6 +105,8 @@ def select(registry, catalogue_rows, only=None):
         coverage.append({"name": row.name, "kind": row.kind, "status": row.status, "component": row.component,
                          "experiment": text})
     for exp in registry.REGISTRY.values():
+        if part is not None and exp.sweep != (part == "sweep"):
+            continue
         if only_keys is None or _matches(exp, only_keys):
             chosen.append(exp)
     return chosen, coverage
@@ -164,7 +175,8 @@ def _run(args, common, registry, report, runner, out, results, command):
     args.cost_steps = args.cost_steps or (3 if args.quick else 10)
     log = lambda msg: print(msg, flush=True)
     opts = runner.Options(data_dir=args.data_dir, seeds=seeds, quick=args.quick, log=log)
-    chosen, coverage = select(registry, catalogue.techniques(), args.only)
+    part = "sweep" if args.sweep_only else "dedicated" if args.no_sweep else None
+    chosen, coverage = select(registry, catalogue.techniques(), args.only, part)
     log(f"bench: {len(chosen)} experiment(s): {[e.key for e in chosen]}; seeds={seeds}; quick={args.quick}")
     machine = common.machine_info()
 
@@ -226,8 +238,9 @@ def _run(args, common, registry, report, runner, out, results, command):
                 "experiments": {}}
         if args.merge and (results / "cost.json").is_file():
             cost = json.loads((results / "cost.json").read_text())
-            cost.setdefault("reruns", []).append({"command": command, "started": _now(), "keys": [
-                e.key for e in chosen]})
+            cost.setdefault("reruns", []).append({"command": command, "started": _now(), "note": args.note,
+                                                  "keys": [e.key for e in chosen]})
+            cost["note"] = args.note or cost.get("note", "")  # the latest sitting's conditions
         for exp in chosen:
             reason = registry.missing(exp.requires)
             if reason or not exp.cost_arms:

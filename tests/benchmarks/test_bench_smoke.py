@@ -77,6 +77,10 @@ def test_every_implemented_technique_has_an_experiment_or_a_reason(harness):
     for name, why in sweep.NOT_PLACED.items():
         assert texts[name] == f"not in the sweep: {why}"
     assert not any(text == "no experiment yet" for text in texts.values())
+    sweep_part, _ = bench.select(registry, catalogue.techniques(), part="sweep")
+    dedicated, _ = bench.select(registry, catalogue.techniques(), part="dedicated")
+    assert sweep_part and all(e.sweep for e in sweep_part) and dedicated and not any(e.sweep for e in dedicated)
+    assert len(sweep_part) + len(dedicated) == len(registry.REGISTRY)
 
 
 def test_sweep_network_hooks(harness):
@@ -180,7 +184,8 @@ def test_bench_main_end_to_end(tmp_path, harness):
     assert "| technique (experiment) | claim | setting |" in md
     assert "QuantNoise (activations)" in md and "## Coverage of the catalogue" in md
     assert "| experiment | arm | median step (ms) |" in md and "| technique | model | extra passes |" in md
-    assert ("were measured under load" in md) == (max(timing["load_1min_start"], timing["load_1min_end"])
+    timed = [e for e in cost["experiments"].values() if not e.get("skipped")]
+    assert ("were measured under load" in md) == (max(max(e["load_1min_start"], e["load_1min_end"]) for e in timed)
                                                    > (os.cpu_count() or 2) + 0.5)
     assert "Measured on a quiet machine" in md or "Measured under load" in md  # the train-step table's condition
     assert (out / "bench_curves.png").is_file() and (out / "bench_overhead.png").is_file()
@@ -235,7 +240,27 @@ def test_load_banners_follow_the_measured_load():
     cores = os.cpu_count() or 2
     assert "under load" in report._cost_condition({"load_1min_start": cores + 1.0, "load_1min_end": 0.1})
     assert "quiet machine" in report._cost_condition({"load_1min_start": 0.2, "load_1min_end": cores + 0.4})
+    merged = {"load_1min_start": cores + 3.0, "load_1min_end": cores + 3.0,  # an old sitting's loads: superseded
+              "experiments": {"a": {"load_1min_start": 0.3, "load_1min_end": 1.0}, "b": {"skipped": "no cost arms"}}}
+    assert "quiet machine" in report._cost_condition(merged)
+    merged["experiments"]["c"] = {"load_1min_start": 0.3, "load_1min_end": cores + 1.0}
+    assert "under load" in report._cost_condition(merged)
     machine = {"cores": 2, "load_average_at_start": [0.6, 0, 0], "load_average_at_end": [1.1, 0, 0]}
     assert not bench_train_steps.under_load({"machine": machine})
     machine["load_average_at_end"] = [4.9, 0, 0]
     assert bench_train_steps.under_load({"machine": machine})
+
+
+def test_cost_datasets_follow_the_arm_inputs_and_targets(harness):
+    """The cost stage fits what the evidence stage fits: an arm's subset (`inputs`/`labels` hooks) and the
+    per-output targets of a multi-output training model (a list of arrays, not one stacked tensor)."""
+    common, registry, report, runner = harness
+    x = np.zeros((10, 3), "float32")
+    y = np.arange(10)
+    arm = registry.arm("subset", inputs=lambda ctx, x: x[:4], labels=lambda ctx, y: y[:4])
+    ctx = registry.Context(data=common.Data(x, y, y, np.zeros(10, bool), x, y, 10, "t"), seed=0, setting=None)
+    sub_x, sub_y = runner.train_xy(arm, ctx)
+    assert len(sub_x) == len(sub_y) == 4
+    xb, yb = next(iter(runner._dataset(x, [y, 2 * y], 10)))
+    assert isinstance(yb, tuple) and len(yb) == 2 and xb.shape == (10, 3)
+    np.testing.assert_array_equal(np.sort(yb[1].numpy()), 2 * np.arange(10))
