@@ -639,17 +639,22 @@ def linearity_error(net, x, y, epsilon=0.1, repeats=4, seed=0):
     return float(np.mean(values))
 
 
+def layer_outputs(net, layer_name, x, batch_size=500):
+    """The outputs of the layer `layer_name` of `net` on the inputs `x` (inference mode), as numpy."""
+    import keras
+
+    return keras.Model(net.inputs, net.get_layer(layer_name).output).predict(x, batch_size=batch_size, verbose=0)
+
+
 def probe_accuracy(net, data, layer_name="flatten", n_train=1500):
     """Linear-probe accuracy: logistic regression on the features of `layer_name`, fitted on the first `n_train`
     training images with their clean labels, scored on the test set."""
-    import keras
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    features = keras.Model(net.inputs, net.get_layer(layer_name).output)
-    f_train = features.predict(data.x_train[:n_train], batch_size=1000, verbose=0).reshape(min(n_train, len(
-        data.x_train)), -1)
-    f_test = features.predict(data.x_test, batch_size=1000, verbose=0).reshape(len(data.x_test), -1)
+    f_train = layer_outputs(net, layer_name, data.x_train[:n_train], 1000).reshape(min(n_train, len(data.x_train)),
+                                                                                     -1)
+    f_test = layer_outputs(net, layer_name, data.x_test, 1000).reshape(len(data.x_test), -1)
     scaler = StandardScaler().fit(f_train)
     probe = LogisticRegression(max_iter=300, C=0.1).fit(scaler.transform(f_train), data.y_train_clean[:n_train])
     return float(probe.score(scaler.transform(f_test), data.y_test))

@@ -200,8 +200,11 @@ metric("hidden_dead_units", "fraction of hidden units whose kernel column norm i
 metric("conv_dead_filters", "fraction of conv filters (over both conv layers) whose norm is below 1% of their "
        "layer's largest", pct=True)(lambda r: float(np.mean(np.concatenate([
            np.linalg.norm(w, axis=0) < 0.01 * np.linalg.norm(w, axis=0).max() for w in _conv_matrices(r)]))))
-@metric("hidden_rank_99", "number of singular values of the hidden kernel that hold 99% of its energy "
-        "(sum of sigma^2)", higher=False)
-def _rank_99(r):
-    energy = np.sort(np.linalg.svd(_hidden(r), compute_uv=False))[::-1] ** 2
-    return float(np.searchsorted(np.cumsum(energy) / energy.sum(), 0.99) + 1)
+def energy_rank(w, fraction=0.99):
+    """The number of singular values of the matrix `w` that hold `fraction` of its energy (sum of sigma^2)."""
+    energy = np.sort(np.linalg.svd(np.asarray(w, "float64"), compute_uv=False))[::-1] ** 2
+    return float(np.searchsorted(np.cumsum(energy) / energy.sum(), fraction) + 1)
+
+
+metric("hidden_rank_99", "number of singular values of the hidden kernel that hold 99% of its energy "
+       "(sum of sigma^2)", higher=False)(lambda r: energy_rank(_hidden(r)))

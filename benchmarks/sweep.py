@@ -161,7 +161,8 @@ def group(key, claim, entries, metrics=("test_acc",), net=None, net_desc=NET_DES
 
 
 def hidden_kernel(net, name="hidden"):
-    """The (inputs, units) kernel of the named Dense layer, as numpy (the deployed kernel for wrappers)."""
+    """The (inputs, units) kernel of the named Dense layer, as numpy (for a wrapper, the wrapped layer's own kernel:
+    the trained float weights, not a folded or quantized deployment)."""
     import numpy as np
 
     layer = net.get_layer(name)

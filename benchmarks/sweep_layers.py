@@ -18,6 +18,7 @@ The metrics defined here are prefixed `layers_`.
 import numpy as np
 
 from benchmarks import common
+from benchmarks.common import layer_outputs
 from benchmarks.metrics import metric
 from benchmarks.registry import _obj
 from benchmarks.sweep import HIDDEN
@@ -59,12 +60,6 @@ def _float_kernel(net, name):
     return _kernel(net, name)
 
 
-def _outputs(net, layer_name, x):
-    import keras
-
-    return keras.Model(net.inputs, net.get_layer(layer_name).output).predict(x, batch_size=500, verbose=0)
-
-
 def _every(make):
     """An activation hook giving every slot (conv0, conv1, hidden) the layer `make(name)` (named act_<slot>)."""
     return make
@@ -98,7 +93,7 @@ def _conv_orth_error(r):
 @metric("layers_hidden_first16_acc", "test accuracy when only the first 16 of the 64 hidden units are kept "
         "(the others zeroed before the logits)", pct=True)
 def _first16(r):
-    h = _outputs(r.net, "act_hidden", r.ctx.data.x_test)
+    h = layer_outputs(r.net, "act_hidden", r.ctx.data.x_test)
     h[:, 16:] = 0.0
     logits = np.asarray(r.net.get_layer("logits")(h))
     return float(np.mean(logits.argmax(-1) == r.ctx.data.y_test))
@@ -122,7 +117,7 @@ def _logits_input(net, x):
 def _active_filters(r):
     fractions = []
     for i in range(2):
-        a = _outputs(r.net, f"act_conv{i}", r.ctx.data.x_test)
+        a = layer_outputs(r.net, f"act_conv{i}", r.ctx.data.x_test)
         fractions.append(np.mean(np.abs(a).max(axis=(1, 2)) > 0.0))
     return float(np.mean(fractions))
 
@@ -131,7 +126,7 @@ def _active_filters(r):
         "channels of the second conv block's activation, over test positions (the dependence divisive "
         "normalization removes)", higher=False)
 def _energy_corr(r):
-    a = _outputs(r.net, "act_conv1", r.ctx.data.x_test[:500])
+    a = layer_outputs(r.net, "act_conv1", r.ctx.data.x_test[:500])
     e = a.reshape(-1, a.shape[-1]).astype("float64") ** 2
     e = e[:, e.std(axis=0) > 0]
     c = np.corrcoef(e, rowvar=False)
@@ -628,7 +623,7 @@ def _logit_range(r):
 @metric("layers_token_head7_acc", "test accuracy when the encoded tokens after the first 7 of 28 are zeroed "
         "before the pooling (information concentrated in the head tokens)", pct=True)
 def _head7(r):
-    h = _outputs(r.net, "encoded", r.ctx.data.x_test)
+    h = layer_outputs(r.net, "encoded", r.ctx.data.x_test)
     h[:, 7:] = 0.0
     logits = np.asarray(r.net.get_layer("logits")(h.mean(axis=1)))
     return float(np.mean(logits.argmax(-1) == r.ctx.data.y_test))

@@ -8,6 +8,7 @@ into four parallel 16-unit branches joined by a concatenation (the same function
 import numpy as np
 
 from benchmarks import registry
+from benchmarks.metrics import energy_rank
 from benchmarks.metrics import metric
 from benchmarks.registry import _obj
 from benchmarks.sweep import FILTERS
@@ -68,8 +69,7 @@ def _zero_blocks(r):
 @metric("opt_hidden_rank_99", "number of singular values of the hidden kernel (the branches concatenated) that "
         "hold 99% of its energy", higher=False)
 def _hidden_rank(r):
-    energy = np.sort(np.linalg.svd(_hidden(r.net)[0].astype("float64"), compute_uv=False))[::-1] ** 2
-    return float(np.searchsorted(np.cumsum(energy) / energy.sum(), 0.99) + 1)
+    return energy_rank(_hidden(r.net)[0])
 
 
 metric("opt_changed_fraction", "fraction of the weight entries that differ from the weights the fit started from "

@@ -15,6 +15,7 @@ cross-entropy's for the whole run, the coefficient is scaled up, and the arm nam
 
 import numpy as np
 
+from benchmarks.common import layer_outputs
 from benchmarks.metrics import metric
 from benchmarks.registry import _obj
 from benchmarks.sweep import better
@@ -51,10 +52,7 @@ def _identity(reg):
 
 
 def _features(r, layer):
-    import keras
-
-    extractor = keras.Model(r.net.inputs, r.net.get_layer(layer).output)
-    z = np.asarray(extractor.predict(r.ctx.data.x_test, batch_size=500, verbose=0), "float64")
+    z = np.asarray(layer_outputs(r.net, layer, r.ctx.data.x_test), "float64")
     return z.reshape(len(z), -1)
 
 

@@ -95,7 +95,7 @@ def select(registry, catalogue_rows, only=None, part=None):
             only_keys |= {name, *found}
     for row in catalogue_rows:
         exps = registry.for_technique(row.name)
-        not_placed = getattr(registry, "not_placed", {}).get(row.name)
+        not_placed = registry.not_placed.get(row.name)
         if not exps and not_placed:
             text = f"not in the sweep: {not_placed}"
         elif not exps:
